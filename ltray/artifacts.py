@@ -1,0 +1,261 @@
+"""The artifact store: one run = one folder, a sub-folder per stage, and a manifest.
+
+A stage writes into a temp folder beside its final place and renames it in on
+success, so a failed or killed stage leaves the previous good artifacts as they
+were. ``manifest.json`` is replaced atomically too and is the record of what is
+committed: a stage folder with no manifest entry is not trusted.
+
+The root is a local path or any URI that ``pyarrow.fs`` accepts (``s3://``,
+``gs://``, ``file://``). Remote stages are staged locally, uploaded into a temp
+prefix, then moved into place; reads download a stage into a local cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+_TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+_TRACKED_PACKAGES = (
+    "ltray", "ray", "torch", "transformers", "faiss-cpu", "faiss-gpu", "implicit",
+    "numpy", "pandas", "pyarrow", "scikit-learn",
+)
+
+
+class ArtifactError(RuntimeError):
+    """A missing, incomplete or unreachable artifact."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_of(obj: Any) -> str:
+    """A short stable hash of any JSON-able object (configs, input hashes)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+class ArtifactStore:
+    """A run folder. ``writing(stage)`` commits atomically; ``stage_path`` reads."""
+
+    def __init__(self, uri: str | Path):
+        self.uri = str(uri)
+        if _is_local(self.uri):
+            path = self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
+            self.root = Path(path).expanduser().resolve()
+            self.fs = None
+            self._remote_root = None
+        else:
+            try:
+                self.fs, self._remote_root = pafs.FileSystem.from_uri(self.uri)
+            except Exception as e:  # pyarrow raises several types for bad URIs
+                raise ArtifactError(f"artifact store {self.uri} is not reachable: {e}") from e
+            digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+            self.root = Path(os.environ.get("LTRAY_CACHE", "~/.cache/ltray")).expanduser() / "store" / digest
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._recover()
+
+    # -- recovery -------------------------------------------------------------
+    def _recover(self) -> None:
+        """Undo a commit that was killed between its two renames; drop stale temp folders."""
+        if self.fs is not None:
+            return
+        for p in self.root.iterdir():
+            if p.name.startswith(_OLD_PREFIX):
+                stage = p.name[len(_OLD_PREFIX):].rsplit("-", 1)[0]
+                final = self.root / stage
+                if not final.exists():
+                    p.rename(final)
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(_TMP_PREFIX) and _stale(p):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- manifest -------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        text = self._read_text(MANIFEST)
+        if text is None:
+            return {"stages": {}}
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{self.uri}/{MANIFEST} is not valid JSON: {e}") from e
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        m = self.manifest()
+        for k, v in fields.items():
+            if isinstance(v, dict) and isinstance(m.get(k), dict):
+                m[k].update(v)
+            else:
+                m[k] = v
+        m.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        m["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        m["packages"] = package_versions()
+        self._write_text(MANIFEST, json.dumps(m, indent=2, sort_keys=True, default=str))
+        return m
+
+    def _read_text(self, name: str) -> str | None:
+        if self.fs is None:
+            p = self.root / name
+            return p.read_text(encoding="utf-8") if p.exists() else None
+        path = f"{self._remote_root}/{name}"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8")
+
+    def _write_text(self, name: str, text: str) -> None:
+        if self.fs is None:
+            tmp = self.root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.root / name)
+            return
+        with self.fs.open_output_stream(f"{self._remote_root}/{name}") as f:
+            f.write(text.encode("utf-8"))
+
+    # -- stages ---------------------------------------------------------------
+    def stage_info(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest().get("stages", {}).get(stage)
+
+    def has(self, stage: str) -> bool:
+        if self.stage_info(stage) is None:
+            return False
+        if self.fs is None:
+            return (self.root / stage).is_dir()
+        return self.fs.get_file_info(f"{self._remote_root}/{stage}").type == pafs.FileType.Directory
+
+    def is_current(self, stage: str, fingerprint: str) -> bool:
+        info = self.stage_info(stage)
+        return bool(info) and info.get("fingerprint") == fingerprint and self.has(stage)
+
+    def stage_path(self, stage: str) -> Path:
+        """A local folder holding the committed stage (downloaded for remote stores)."""
+        if not self.has(stage):
+            raise ArtifactError(
+                f"stage '{stage}' is not in the artifact store {self.uri}; run `ltray {stage}` "
+                f"(or `ltray fit`) first"
+            )
+        local = self.root / stage
+        if self.fs is not None:
+            version = self.stage_info(stage).get("version")
+            marker = local / ".version"
+            if not (marker.exists() and marker.read_text() == str(version)):
+                shutil.rmtree(local, ignore_errors=True)
+                local.mkdir(parents=True)
+                pafs.copy_files(f"{self._remote_root}/{stage}", str(local),
+                                source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+                marker.write_text(str(version))
+        return local
+
+    @contextlib.contextmanager
+    def writing(self, stage: str, fingerprint: str | None = None, **info: Any) -> Iterator[StageWriter]:
+        """Write a stage into a temp folder; commit it on success, drop it on error."""
+        tmp = self.root / f"{_TMP_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        (tmp / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}")
+        writer = StageWriter(stage, tmp)
+        t0 = time.perf_counter()
+        try:
+            yield writer
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        (tmp / ".owner").unlink()
+        version = uuid.uuid4().hex[:12]
+        self._commit(stage, tmp)
+        entry = {
+            "version": version,
+            "fingerprint": fingerprint,
+            "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.perf_counter() - t0, 3),
+            **info,
+            **writer.info,
+        }
+        self.update_manifest(stages={stage: entry})
+
+    def _commit(self, stage: str, tmp: Path) -> None:
+        final = self.root / stage
+        if self.fs is None:
+            old = self.root / f"{_OLD_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        remote_tmp = f"{self._remote_root}/{_TMP_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
+        remote_final = f"{self._remote_root}/{stage}"
+        pafs.copy_files(str(tmp), remote_tmp, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_dir(remote_final)
+        self.fs.move(remote_tmp, remote_final)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StageWriter:
+    """What a stage gets while writing: its temp folder and a dict for manifest stats."""
+
+    def __init__(self, stage: str, path: Path):
+        self.stage = stage
+        self.path = path
+        self.info: dict[str, Any] = {}
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def _stale(p: Path, grace_s: float = 3600.0) -> bool:
+    """A temp folder whose writer is gone (same host, dead pid) or that is old."""
+    owner = p / ".owner"
+    try:
+        host, pid = owner.read_text().split(":")
+    except (OSError, ValueError):
+        return time.time() - p.stat().st_mtime > grace_s
+    if host != socket.gethostname():
+        return time.time() - p.stat().st_mtime > grace_s
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def default_artifacts_dir(dataset: str | None) -> str:
+    return str(Path("artifacts") / (dataset or "custom"))
+
+
+def tempdir() -> str:
+    return tempfile.mkdtemp(prefix="ltray-")

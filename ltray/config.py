@@ -1,0 +1,215 @@
+"""One typed config for every stage.
+
+Loaded from YAML (``--config FILE``) and overridden field by field with
+``--set section.field=value``. Unknown keys and wrong types are errors, so a
+typo never silently falls back to a default. Defaults run on a 2-core laptop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Section):
+    n_items: int = Field(5000, ge=10)
+    n_users: int = Field(2000, ge=10)
+    interactions_per_user: float = Field(30.0, gt=1)
+    n_topics: int = Field(24, ge=2)
+    zipf_exponent: float = Field(1.1, gt=0)
+    topic_affinity: float = Field(0.85, ge=0, le=1, description="share of a user's picks driven by topic")
+    seed: int = 7
+
+
+class DataConfig(_Section):
+    dataset: str | None = Field("synthetic", description="built-in dataset name; ignored when files are given")
+    items: str | None = None
+    interactions: str | None = None
+    item_id_col: str = "item_id"
+    text_col: str = "text"
+    user_id_col: str = "user_id"
+    interaction_item_id_col: str | None = Field(None, description="defaults to item_id_col")
+    ts_col: str = "ts"
+    weight_col: str | None = "weight"
+    text_template: str | None = Field(None, description='e.g. "{title}. Genres: {genres}"')
+    null_text: Literal["error", "fill"] = "error"
+    text_fill: str = ""
+    unknown_items: Literal["error", "drop"] = "error"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    min_user_interactions: int = Field(5, ge=2)
+    head_share: float = Field(0.8, gt=0, lt=1)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class EmbedConfig(_Section):
+    model: str | None = Field(None, description="HF hub name or folder; None = packaged all-MiniLM-L6-v2")
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(128, ge=8, le=8192)
+    batch_size: int = Field(64, ge=1)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_actors: int | None = Field(None, ge=1, description="None = derived from cluster resources")
+    cpus_per_actor: float | None = Field(None, gt=0)
+    blocks_per_actor: int = Field(4, ge=1)
+
+
+class CFConfig(_Section):
+    factors: int = Field(64, ge=2)
+    regularization: float = Field(0.05, ge=0)
+    iterations: int = Field(15, ge=1)
+    alpha: float = Field(2.0, gt=0)
+    weighting: Literal["alpha", "bm25"] = "alpha"
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    seed: int = 0
+
+
+class IndexConfig(_Section):
+    factory: str | None = Field(None, description="FAISS index_factory string; None = picked by size")
+    flat_max_items: int = 100_000
+    hnsw_max_items: int = 2_000_000
+    pq_over_items: int = 5_000_000
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    ivf_nprobe: int = 32
+    train_sample: int = 200_000
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+    bridge_l2: float = Field(1.0, ge=0, description="ridge penalty of the text->CF bridge")
+    profile_half_life_days: float = Field(180.0, gt=0)
+    profile_recent_items: int = Field(50, ge=1)
+    multi_interest_items: int = Field(5, ge=0, description="recent items that each query the tail index")
+
+
+class RankConfig(_Section):
+    negatives_per_positive: int = Field(4, ge=1)
+    negative_mix: tuple[float, float, float] = Field((0.4, 0.3, 0.3), description="random, popular, hard")
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    id_buckets: int = Field(50_000, ge=16)
+    id_dim: int = Field(16, ge=2)
+    text_dim: int = Field(32, ge=2)
+    hidden: tuple[int, ...] = (128, 64)
+    cross_layers: int = Field(2, ge=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+    early_stopping_patience: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    storage_path: str | None = Field(None, description="Ray Train storage; None = <artifacts>/_train")
+    debias_popularity: bool = False
+    text_tower: Literal["frozen", "top_layers", "lora"] = "frozen"
+    text_tower_layers: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class BlendConfig(_Section):
+    n_cf: int = Field(200, ge=0)
+    n_tail: int = Field(100, ge=0)
+    n_bridge: int = Field(100, ge=0)
+    tail_share: float | None = Field(None, ge=0, le=1, description="None = chosen on validation")
+    method: Literal["quota", "boost"] = "quota"
+    mmr_lambda: float | None = Field(None, ge=0, le=1)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    num_cpus: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    max_k: int = 500
+    max_text_chars: int = 2000
+    max_body_bytes: int = 1 << 20
+    batch_wait_timeout_s: float = 0.002
+    max_batch_size: int = 32
+
+
+class EvalConfig(_Section):
+    ks: tuple[int, ...] = (10, 20)
+    max_recall_loss: float = Field(0.02, ge=0, lt=1)
+    tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+    baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
+    tune: bool = True
+    example_users: int = 3
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    embed: EmbedConfig = EmbedConfig()
+    cf: CFConfig = CFConfig()
+    index: IndexConfig = IndexConfig()
+    rank: RankConfig = RankConfig()
+    blend: BlendConfig = BlendConfig()
+    serve: ServeConfig = ServeConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def fingerprint(self, *sections: str) -> dict[str, Any]:
+        """The parts of the config a stage depends on, for idempotency checks."""
+        full = self.to_dict()
+        return {s: full[s] for s in sections}
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML gives ints, floats, bools, null and lists ("[10, 20]") for free.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"{loc}: {err['msg']}")
+        src = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{src}: " + "; ".join(msgs)) from None

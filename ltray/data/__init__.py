@@ -1,0 +1,40 @@
+"""Data layer: canonical tables, readers, built-in datasets, splits and segments."""
+
+from __future__ import annotations
+
+from ltray.config import DataConfig
+from ltray.data.schema import Dataset, DataError, strip_source_columns
+from ltray.data.segments import COLD, HEAD, TAIL, Segments, compute_segments
+from ltray.data.split import global_time_cut, temporal_holdout
+
+BUILTIN = ("synthetic", "movielens-latest-small")
+
+__all__ = [
+    "BUILTIN", "COLD", "HEAD", "TAIL", "DataError", "Dataset", "Segments", "compute_segments",
+    "global_time_cut", "load_dataset", "temporal_holdout",
+]
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Files when given (items + interactions), else the built-in dataset named in cfg.dataset."""
+    from ltray.artifacts import file_sha256
+    from ltray.data.readers import _files, read_interactions, read_items
+
+    if cfg.items or cfg.interactions:
+        if not (cfg.items and cfg.interactions):
+            raise DataError("give both --items and --interactions")
+        items = read_items(cfg.items, cfg)
+        inter, stats = read_interactions(cfg.interactions, cfg, items["item_id"])
+        sources = {str(f): file_sha256(f) for p in (cfg.items, cfg.interactions) for f in _files(p)}
+        ds = Dataset(name=cfg.dataset or "custom", items=strip_source_columns(items),
+                     interactions=strip_source_columns(inter)[["user_id", "item_id", "ts", "weight"]],
+                     sources={"files": sources, **stats})
+        return ds
+    if cfg.dataset == "synthetic":
+        from ltray.data.synthetic import generate
+        return generate(cfg.synthetic)
+    if cfg.dataset == "movielens-latest-small":
+        from ltray.data import movielens
+        return movielens.load()
+    raise DataError(f"unknown dataset '{cfg.dataset}' (built-in: {', '.join(BUILTIN)})",
+                    hint="or give --items FILE --interactions FILE")

@@ -1,0 +1,55 @@
+"""Shared fixtures: one local Ray cluster per test session, the real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("LTRAY_DATA_HOME", str((REPO.parent / "shared" / "data").resolve()))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster, started once and shared by every test that needs Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"LTRAY_DATA_HOME": os.environ["LTRAY_DATA_HOME"],
+                                           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    # Serve (if a test started it) and Ray go down once, at the end of the session.
+    try:
+        from ray import serve
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def movielens():
+    from ltray.data import movielens as ml
+    return ml.load()
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    """A config small enough for fast end-to-end tests on the synthetic generator."""
+    from ltray.config import load_config
+    return load_config(overrides=[
+        "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
+        "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256",
+    ])
+
+
+@pytest.fixture(scope="session")
+def small_synthetic(small_config):
+    from ltray.data.synthetic import generate
+    return generate(small_config.data.synthetic)
