@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ltray.config import DataConfig
-from ltray.data.schema import Dataset, DataError, strip_source_columns
+from ltray.data.schema import DataError, Dataset, strip_source_columns
 from ltray.data.segments import COLD, HEAD, TAIL, Segments, compute_segments
 from ltray.data.split import global_time_cut, temporal_holdout
 
@@ -22,7 +22,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
     if cfg.items or cfg.interactions:
         if not (cfg.items and cfg.interactions):
-            raise DataError("give both --items and --interactions")
+            given, missing = ("items", "interactions") if cfg.items else ("interactions", "items")
+            raise DataError(f"--{given} was given without --{missing}; give both files",
+                            file=cfg.items or cfg.interactions, hint=f"add --{missing} FILE")
         items = read_items(cfg.items, cfg)
         inter, stats = read_interactions(cfg.interactions, cfg, items["item_id"])
         sources = {str(f): file_sha256(f) for p in (cfg.items, cfg.interactions) for f in _files(p)}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ltray.data.readers import read_table
-from ltray.data.schema import Dataset, DataError, strip_source_columns, validate_interactions, validate_items
+from ltray.data.schema import DataError, Dataset, strip_source_columns, validate_interactions, validate_items
 
 NAME = "movielens-latest-small"
 URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 from pathlib import Path
 
@@ -38,50 +39,105 @@ def _files(path: str | Path) -> list[Path]:
     return [p]
 
 
-def _check_utf8(path: Path) -> bytes:
-    raw = path.read_bytes()
+def _utf8_error(path: Path, raw: bytes, header: bool) -> DataError | None:
+    """None if raw is UTF-8; else an error naming the data row (1-based, header and blank lines excluded)."""
     try:
         raw.decode("utf-8")
+        return None
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"invalid UTF-8 byte 0x{raw[e.start]:02x} at line {line}", file=str(path),
-                        rows=[line - 1]) from None
-    return raw
+        bad_byte, start = raw[e.start], e.start
+    line = raw[:start].count(b"\n") + 1
+    row = sum(1 for ln in raw[:start].split(b"\n")[:-1] if ln.strip()) + 1 - int(header)
+    if header and row < 1:
+        return DataError(f"invalid UTF-8 byte 0x{bad_byte:02x} in the header (line {line})", file=str(path),
+                         hint="save the file as UTF-8")
+    return DataError(f"invalid UTF-8 byte 0x{bad_byte:02x} at line {line}", file=str(path), rows=[row],
+                     hint="save the file as UTF-8")
+
+
+def _not_utf8(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("latin-1").decode("utf-8")
+        return False
+    except UnicodeError:
+        return True
+
+
+def _csv_utf8_error(path: Path, sep: str, fallback: DataError) -> DataError:
+    """Find the row(s) and column holding non-UTF-8 bytes: latin-1 keeps every byte, so the CSV parses alike."""
+    try:
+        df = pd.read_csv(path, sep=sep, dtype=object, keep_default_na=False, na_values=[], encoding="latin-1")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        return fallback
+    for col in df.columns:
+        bad = df[col].map(_not_utf8).to_numpy(bool)
+        if bad.any():
+            rows = (np.flatnonzero(bad) + 1).tolist()
+            return DataError(fallback.message, file=str(path),
+                             rows=rows, column=str(col), hint="save the file as UTF-8")
+    return fallback
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    _check_utf8(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError("file is empty", file=str(path))
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    err = _utf8_error(path, raw, header=True)
+    if err is not None:
+        raise (_csv_utf8_error(path, sep, err) if err.rows else err)
     try:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[], engine="c")
     except pd.errors.EmptyDataError:
         raise DataError("file is empty", file=str(path)) from None
     except pd.errors.ParserError as e:
-        raise DataError(f"malformed CSV: {e}", file=str(path)) from None
+        m = re.search(r"line (\d+)", str(e))
+        raise DataError(f"malformed CSV: {str(e).strip()}", file=str(path),
+                        rows=[int(m.group(1)) - 1] if m else None) from None
     # CSV has no null: an empty field is one.
     return df.replace("", np.nan)
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    raw = _check_utf8(path)
+    raw = path.read_bytes()
     if not raw.strip():
         raise DataError("file is empty", file=str(path))
+    err = _utf8_error(path, raw, header=False)
+    if err is not None:
+        raise _jsonl_utf8_error(raw, err)
     try:
         return pajson.read_json(path).to_pandas()
-    except Exception:
+    except Exception:  # pyarrow refuses mixed types and bad lines alike; the slow path tells which
         pass
     rows = []
-    for i, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    lines = [ln for ln in enumerate(raw.decode("utf-8").splitlines(), start=1) if ln[1].strip()]
+    for row, (line_no, line) in enumerate(lines, start=1):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON: {e.msg}", file=str(path), rows=[i]) from None
+            raise DataError(f"malformed JSON at line {line_no}: {e.msg}", file=str(path), rows=[row]) from None
         if not isinstance(obj, dict):
-            raise DataError("each line must be a JSON object", file=str(path), rows=[i])
+            raise DataError(f"line {line_no} is not a JSON object", file=str(path), rows=[row])
         rows.append(obj)
     return pd.DataFrame(rows)
+
+
+def _jsonl_utf8_error(raw: bytes, err: DataError) -> DataError:
+    """Name the key whose value holds the bad bytes, when the line is otherwise valid JSON."""
+    lines = [ln for ln in raw.split(b"\n") if ln.strip()]
+    line = lines[err.rows[0] - 1]
+    try:
+        obj = json.loads(line.decode("latin-1"))
+    except json.JSONDecodeError:
+        return err
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if _not_utf8(value) or _not_utf8(key):
+                return DataError(err.message, file=err.file, rows=err.rows, column=str(key),
+                                 hint=err.hint)
+    return err
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -123,17 +179,29 @@ def render_template(df: pd.DataFrame, template: str, path: str | Path) -> pd.Ser
                      index=df.index, dtype=object)
 
 
+def _rename(df: pd.DataFrame, mapping: dict[str, str], path: str | Path) -> pd.DataFrame:
+    """Map the file's columns onto canonical names, refusing to shadow a column the file also has."""
+    mapping = {src: dst for src, dst in mapping.items() if src != dst}
+    for src, dst in mapping.items():
+        if dst in df.columns and dst not in mapping:
+            raise DataError(f"column '{src}' is mapped to '{dst}', but the file also has a '{dst}' column",
+                            file=str(path), column=dst, hint=f"rename or drop the file's '{dst}' column")
+    return df.rename(columns=mapping)
+
+
 def read_items(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
     df = read_table(path)
     _require(df, cfg.item_id_col, path, "item_id")
-    df = df.rename(columns={cfg.item_id_col: "item_id"})
     if cfg.text_template:
-        df["text"] = render_template(df, cfg.text_template, path)
+        text = render_template(df, cfg.text_template, path)
+        df = _rename(df, {cfg.item_id_col: "item_id"}, path)
+        df["text"] = text
+        names = {"item_id": cfg.item_id_col, "text": "text"}
     else:
         _require(df, cfg.text_col, path, "text")
-        if cfg.text_col != "text":
-            df = df.rename(columns={cfg.text_col: "text"})
-    return validate_items(df, null_text=cfg.null_text, text_fill=cfg.text_fill)
+        df = _rename(df, {cfg.item_id_col: "item_id", cfg.text_col: "text"}, path)
+        names = {"item_id": cfg.item_id_col, "text": cfg.text_col}
+    return validate_items(df, null_text=cfg.null_text, text_fill=cfg.text_fill, names=names)
 
 
 def read_interactions(path: str | Path, cfg: DataConfig, item_ids: pd.Series | None = None
@@ -145,7 +213,11 @@ def read_interactions(path: str | Path, cfg: DataConfig, item_ids: pd.Series | N
     mapping = {cfg.user_id_col: "user_id", item_col: "item_id", cfg.ts_col: "ts"}
     if cfg.weight_col and cfg.weight_col in df.columns:
         mapping[cfg.weight_col] = "weight"
-    df = df.rename(columns=mapping)
-    if "weight" not in df.columns:
+    elif cfg.weight_col and "weight_col" in cfg.model_fields_set:
+        # A weight column asked for by name must be there; only the default may be absent.
+        _require(df, cfg.weight_col, path, "weight")
+    df = _rename(df, mapping, path)
+    if "weight" not in mapping.values():
         df["weight"] = 1.0
-    return validate_interactions(df, item_ids, unknown_items=cfg.unknown_items)
+    names = {"user_id": cfg.user_id_col, "item_id": item_col, "ts": cfg.ts_col, "weight": cfg.weight_col}
+    return validate_interactions(df, item_ids, unknown_items=cfg.unknown_items, names=names)

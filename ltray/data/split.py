@@ -33,8 +33,12 @@ def temporal_holdout(interactions: pd.DataFrame, test_fraction: float = 0.2,
 
 def global_time_cut(interactions: pd.DataFrame, test_fraction: float = 0.2
                     ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Everything before the (1 - f) time quantile trains; the rest tests. Returns (train, test, cut)."""
+    """Everything before the (1 - f) time quantile trains; the rest tests. Returns (train, test, cut).
+
+    The cut is the quantile rounded up to a whole second, so a quantile that falls between two
+    timestamps does not pull the earlier one into test.
+    """
     df = dedupe_first(interactions).reset_index(drop=True)
-    cut = int(np.quantile(df["ts"].to_numpy(), 1.0 - test_fraction))
+    cut = int(np.ceil(np.quantile(df["ts"].to_numpy(), 1.0 - test_fraction)))
     is_test = df["ts"].to_numpy() >= cut
     return df.loc[~is_test].reset_index(drop=True), df.loc[is_test].reset_index(drop=True), cut
