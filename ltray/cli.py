@@ -122,6 +122,178 @@ def _show_item(ds, item_id: str, cfg: Config) -> None:
     out.print(f"interactions: {int((ds.interactions['item_id'] == item_id).sum())}")
 
 
+def _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col, ts_col,
+                      weight_col, text_template) -> Config:
+    return build_config(config, set_, dataset=dataset, items=items, interactions=interactions,
+                        item_id_col=item_id_col, text_col=text_col, user_id_col=user_id_col, ts_col=ts_col,
+                        weight_col=weight_col, text_template=text_template)
+
+
+def _log(msg: str) -> None:
+    console.print(f"[cyan]>[/] {msg}", highlight=False, soft_wrap=True)
+
+
+def _ray_init() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False, include_dashboard=False)
+
+
+@app.command()
+@_errors_as_lines
+def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+        interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
+        user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
+        text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+    """Split by time -> fit every stage on train -> evaluate on test against baselines -> report."""
+    from ltray.pipeline import run as run_pipeline
+
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col,
+                            ts_col, weight_col, text_template)
+    uri = artifacts_uri(cfg, artifacts)
+    _ray_init()
+    report = run_pipeline(cfg, uri, log=_log)
+    out.print(f"report: {report}")
+    out.print(f"report (markdown): {report.with_suffix('.md')}")
+
+
+@app.command()
+@_errors_as_lines
+def fit(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+        interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
+        user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
+        text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+    """Train every stage on all the given interactions (no holdout)."""
+    from ltray.pipeline import fit as fit_pipeline
+
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col,
+                            ts_col, weight_col, text_template)
+    uri = artifacts_uri(cfg, artifacts)
+    _ray_init()
+    fit_pipeline(cfg, uri, holdout=False, log=_log)
+    out.print(f"artifacts: {uri}")
+
+
+def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool) -> dict:
+    from ltray import pipeline as p
+    from ltray.artifacts import ArtifactStore
+
+    store = ArtifactStore(uri)
+    _ray_init()
+    bundle = p.stage_data(store, cfg, holdout, _log)
+    parts = {"store": store, "bundle": bundle}
+    if last == "data":
+        return parts
+    parts["vectors"] = p.stage_embed(store, cfg, bundle, _log)
+    if last == "embed":
+        return parts
+    parts["models"] = p.stage_candidates(store, cfg, bundle, parts["vectors"], _log)
+    if last == "index":
+        return parts
+    parts["ranker"], parts["blend"] = p.stage_rank(store, cfg, bundle, parts["vectors"], _log)
+    return parts
+
+
+@app.command()
+@_errors_as_lines
+def embed(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+          interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
+          text_template: TemplateOpt = None, artifacts: ArtOpt = None,
+          holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
+          debug: DebugOpt = False):
+    """Embed the catalog on a Ray Data actor pool (only new or changed items are encoded)."""
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, None, None, None,
+                            text_template)
+    uri = artifacts_uri(cfg, artifacts)
+    _stages_up_to("embed", cfg, uri, holdout)
+    out.print(f"embeddings: {uri}/embed")
+
+
+@app.command()
+@_errors_as_lines
+def index(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+          interactions: InterOpt = None, artifacts: ArtOpt = None,
+          holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
+          debug: DebugOpt = False):
+    """Fit ALS and build the FAISS tail and full indexes, user profiles and the text->CF bridge."""
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
+    uri = artifacts_uri(cfg, artifacts)
+    _stages_up_to("index", cfg, uri, holdout)
+    out.print(f"cf + index: {uri}/cf, {uri}/index")
+
+
+@app.command()
+@_errors_as_lines
+def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+          interactions: InterOpt = None, artifacts: ArtOpt = None,
+          holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
+          debug: DebugOpt = False):
+    """Train the CTR ranker with Ray Train and choose the tail share on validation."""
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
+    uri = artifacts_uri(cfg, artifacts)
+    parts = _stages_up_to("rank", cfg, uri, holdout)
+    out.print(f"ranker: {uri}/rank (tail_share {parts['blend']['tail_share']:.2f})")
+
+
+@app.command()
+@_errors_as_lines
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
+             interactions: InterOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+    """Evaluate a held-out run against the baselines and write the report (fits what is missing)."""
+    from ltray.eval.stage import stage_eval
+
+    cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
+    uri = artifacts_uri(cfg, artifacts)
+    parts = _stages_up_to("rank", cfg, uri, holdout=True)
+    report = stage_eval(parts, cfg, _log)
+    out.print(f"report: {report}")
+
+
+@app.command()
+@_errors_as_lines
+def recommend(
+    artifacts: Annotated[str, typer.Option(help="a fitted run folder or URI")],
+    users: Annotated[Path, typer.Option(help="user ids: a text file (one per line) or CSV/Parquet with user_id")],
+    out_path: Annotated[Path, typer.Option("--out", help="output Parquet file")] = Path("recs.parquet"),
+    k: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    tail_share: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
+    debug: DebugOpt = False,
+):
+    """Batch recommendations for a list of users -> Parquet (user_id, item_id, rank, score, segment, source)."""
+    import pandas as pd
+
+    from ltray.pipeline import load_recommender
+
+    ids = _read_user_ids(users)
+    rec = load_recommender(artifacts)
+    frames = []
+    for u in ids:
+        r = rec.recommend(u, k=k, tail_share=tail_share, explain=False)
+        frames.append(pd.DataFrame({"user_id": u, "item_id": r["item_id"], "rank": range(1, len(r) + 1),
+                                    "score": r["score"].astype("float32"), "segment": r["segment"],
+                                    "source": r["source"]}))
+    table = pd.concat(frames, ignore_index=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_path, index=False)
+    out.print(f"{len(ids)} users, {len(table)} rows -> {out_path}")
+
+
+def _read_user_ids(path: Path) -> list[str]:
+    from ltray.data.readers import read_table
+    from ltray.data.schema import DataError
+
+    if path.suffix.lower() in (".csv", ".parquet", ".jsonl", ".tsv"):
+        df = read_table(path)
+        if "user_id" not in df.columns:
+            raise DataError("missing column (found: " + ", ".join(map(str, df.columns[:5])) + ")",
+                            file=str(path), column="user_id")
+        return df["user_id"].astype(str).tolist()
+    if not path.exists():
+        raise DataError("file does not exist", file=str(path))
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def main() -> None:  # pragma: no cover - console entry for python -m
     app()
 

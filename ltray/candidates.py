@@ -1,0 +1,292 @@
+"""Candidate generation: ALS recall, FAISS tail retrieval and the text->CF bridge, for one user or many.
+
+`CandidateModels` holds everything fitted on one training set, aligned to the
+catalog's item rows. `CandidateGenerator` turns a user (known, or described by
+session items) into one de-duplicated candidate table with source flags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ltray.cf.als import ALSRecall
+from ltray.config import Config
+from ltray.data.segments import COLD, HEAD, TAIL
+from ltray.index.bridge import TextToCFBridge
+from ltray.index.faiss_index import VectorIndex, build_tail_and_full
+from ltray.index.profiles import recent_items_of, user_profiles
+
+SEGMENT_CODES = {HEAD: 0, TAIL: 1, COLD: 2}
+SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
+SOURCES = ("cf", "tail", "bridge", "pop")
+DAY = 86_400.0
+
+
+@dataclass
+class UserState:
+    """What the candidate generator and the ranker know of one user."""
+
+    factor: np.ndarray          # ALS factor (f,), zeros when unknown
+    profile: np.ndarray         # text profile (d,), zeros when unknown
+    recent: np.ndarray          # recent item rows, most recent first
+    seen: np.ndarray            # item rows to exclude
+    n: float = 0.0              # training interactions
+    last_ts: int = 0
+
+
+@dataclass
+class CandidateModels:
+    """Every model that candidate generation needs, fitted on one training set."""
+
+    item_ids: np.ndarray
+    item_vectors: np.ndarray     # (n_items, d) L2-normalised text vectors
+    item_segment: np.ndarray     # int8 (n_items,): 0 head, 1 tail, 2 cold
+    item_pop: np.ndarray         # float32 (n_items,): training interactions
+    als: ALSRecall
+    bridge: TextToCFBridge
+    item_bridge: np.ndarray      # (n_items, f): bridge prediction for every item
+    tail_index: VectorIndex
+    full_index: VectorIndex
+    user_profiles: np.ndarray    # (n_users, d)
+    user_recent: list[np.ndarray]
+    user_n: np.ndarray
+    user_last_ts: np.ndarray
+    now_ts: int
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.als.user_ids
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame, item_ids: np.ndarray, item_vectors: np.ndarray, item_segment: np.ndarray,
+            cfg: Config) -> CandidateModels:
+        """Fit ALS, the bridge, the indexes and the profiles on `train` (user_id, item_id, ts, weight)."""
+        item_row = pd.Index(item_ids)
+        users, user_rows = np.unique(train["user_id"].to_numpy().astype(str), return_inverse=True)
+        item_rows = item_row.get_indexer(train["item_id"].to_numpy())
+        if (item_rows < 0).any():
+            raise ValueError("training interactions reference items outside the catalog")
+        ts = train["ts"].to_numpy(np.int64)
+        als = ALSRecall(cfg.cf, user_ids=users, item_ids=item_ids)
+        als.fit(user_rows, item_rows, train["weight"].to_numpy(np.float32), n_users=len(users),
+                n_items=len(item_ids))
+        head = item_segment == SEGMENT_CODES[HEAD]
+        bridge = TextToCFBridge(cfg.index.bridge_l2).fit(item_vectors[head], als.item_factors[head])
+        tail_index, full_index = build_tail_and_full(item_vectors, item_segment != SEGMENT_CODES[HEAD], cfg.index)
+        profiles = user_profiles(user_rows, item_rows, ts, item_vectors, cfg.index.profile_half_life_days,
+                                 cfg.index.profile_recent_items, n_users=len(users))
+        recent = recent_items_of(user_rows, item_rows, ts, cfg.index.profile_recent_items, n_users=len(users))
+        pop = np.bincount(item_rows, minlength=len(item_ids)).astype(np.float32)
+        user_n = np.bincount(user_rows, minlength=len(users)).astype(np.float32)
+        last = np.zeros(len(users), np.int64)
+        np.maximum.at(last, user_rows, ts)
+        return cls(item_ids=np.asarray(item_ids).astype(str), item_vectors=item_vectors,
+                   item_segment=item_segment.astype(np.int8), item_pop=pop, als=als, bridge=bridge,
+                   item_bridge=bridge.predict(item_vectors).astype(np.float32), tail_index=tail_index,
+                   full_index=full_index, user_profiles=profiles, user_recent=recent, user_n=user_n,
+                   user_last_ts=last, now_ts=int(ts.max()) if len(ts) else 0)
+
+    # -- persistence: cf/ holds ALS; index/ holds the rest ----------------------
+    def save(self, cf_dir: Path, index_dir: Path) -> None:
+        self.als.save(cf_dir)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        self.tail_index.save(index_dir / "tail.faiss")
+        self.full_index.save(index_dir / "full.faiss")
+        self.bridge.save(index_dir / "bridge.npz")
+        lens = np.array([len(r) for r in self.user_recent], np.int64)
+        flat = np.concatenate(self.user_recent) if lens.sum() else np.zeros(0, np.int64)
+        np.savez(index_dir / "profiles.npz", profiles=self.user_profiles, recent_flat=flat, recent_len=lens,
+                 user_n=self.user_n, user_last_ts=self.user_last_ts)
+        np.savez(index_dir / "items.npz", item_segment=self.item_segment, item_pop=self.item_pop,
+                 item_bridge=self.item_bridge)
+        (index_dir / "index.json").write_text(json.dumps({"now_ts": self.now_ts, "n_items": len(self.item_ids),
+                                                          "tail_items": self.tail_index.ntotal}))
+
+    @classmethod
+    def load(cls, cf_dir: Path, index_dir: Path, item_ids: np.ndarray, item_vectors: np.ndarray
+             ) -> CandidateModels:
+        als = ALSRecall.load(cf_dir)
+        with np.load(index_dir / "profiles.npz", allow_pickle=False) as z:
+            profiles, flat, lens = z["profiles"], z["recent_flat"], z["recent_len"]
+            user_n, last = z["user_n"], z["user_last_ts"]
+        with np.load(index_dir / "items.npz", allow_pickle=False) as z:
+            seg, pop, item_bridge = z["item_segment"], z["item_pop"], z["item_bridge"]
+        meta = json.loads((index_dir / "index.json").read_text())
+        recent = np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
+        return cls(item_ids=np.asarray(item_ids).astype(str), item_vectors=item_vectors, item_segment=seg,
+                   item_pop=pop, als=als, bridge=TextToCFBridge.load(index_dir / "bridge.npz"),
+                   item_bridge=item_bridge, tail_index=VectorIndex.load(index_dir / "tail.faiss"),
+                   full_index=VectorIndex.load(index_dir / "full.faiss"), user_profiles=profiles,
+                   user_recent=recent, user_n=user_n, user_last_ts=last, now_ts=int(meta["now_ts"]))
+
+
+class CandidateGenerator:
+    """One de-duplicated candidate table per user: item_idx, source flags, per-source scores."""
+
+    def __init__(self, models: CandidateModels, cfg: Config):
+        self.m = models
+        self.cfg = cfg
+        self._user_row = {u: i for i, u in enumerate(models.user_ids)}
+        self._item_row = {it: i for i, it in enumerate(models.item_ids)}
+        self._tail_mask = models.item_segment != SEGMENT_CODES[HEAD]
+        self._tail_rows = np.flatnonzero(self._tail_mask)
+        self._pop_order = np.argsort(-models.item_pop, kind="stable")
+
+    # -- users ------------------------------------------------------------------
+    def user_row(self, user_id: str) -> int | None:
+        return self._user_row.get(str(user_id))
+
+    def item_rows(self, item_ids) -> np.ndarray:
+        rows = [self._item_row.get(str(i), -1) for i in item_ids]
+        return np.asarray(rows, np.int64)
+
+    def state(self, user_id: str, recent_items=None) -> UserState | None:
+        """A known user's state, or one folded in from session items; None when there is nothing."""
+        row = self.user_row(user_id)
+        extra = self.item_rows(recent_items or [])
+        extra = extra[extra >= 0]
+        if row is not None:
+            seen = self.m.als.seen[row].indices
+            st = UserState(self.m.als.user_factors[row], self.m.user_profiles[row], self.m.user_recent[row],
+                           seen, float(self.m.user_n[row]), int(self.m.user_last_ts[row]))
+            if len(extra):
+                hist = np.concatenate([extra, st.recent])
+                st = UserState(self.m.als.fold_in(np.unique(np.concatenate([seen, extra]))),
+                               _profile(self.m.item_vectors, hist), hist, np.union1d(seen, extra),
+                               st.n + len(extra), self.m.now_ts)
+            return st
+        if not len(extra):
+            return None
+        return UserState(self.m.als.fold_in(np.unique(extra)), _profile(self.m.item_vectors, extra), extra,
+                         np.unique(extra), float(len(extra)), self.m.now_ts)
+
+    # -- candidates ---------------------------------------------------------------
+    def candidates(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
+                   n_bridge: int | None = None) -> pd.DataFrame:
+        b = self.cfg.blend
+        n_cf = b.n_cf if n_cf is None else n_cf
+        n_tail = b.n_tail if n_tail is None else n_tail
+        n_bridge = b.n_bridge if n_bridge is None else n_bridge
+        if state is None:
+            return self._fallback(n_cf + n_tail)
+        parts = []
+        seen = np.asarray(state.seen, np.int64)
+        if n_cf and np.any(state.factor):
+            ids, sc = self.m.als.recommend_vectors(state.factor[None], n_cf, [seen])
+            parts.append(("cf", ids[0], sc[0]))
+        if n_tail and np.any(state.profile):
+            parts.append(("tail", *self._tail_search(state, n_tail, seen)))
+        if n_bridge and np.any(state.factor):
+            sc = self.m.item_bridge[self._tail_rows] @ state.factor
+            top = _topk(sc, n_bridge + len(seen))
+            ids = self._tail_rows[top]
+            keep = ~np.isin(ids, seen)
+            parts.append(("bridge", ids[keep][:n_bridge], sc[top][keep][:n_bridge]))
+        if not parts:
+            return self._fallback(n_cf + n_tail, seen)
+        return self._merge(parts)
+
+    def _tail_search(self, st: UserState, n: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The profile and each of the last few items query the tail index; best score per item wins."""
+        k_multi = self.cfg.index.multi_interest_items
+        queries = [st.profile] + [self.m.item_vectors[i] for i in st.recent[:k_multi]]
+        q = np.asarray(queries, np.float32)
+        scores, ids = self.m.tail_index.search(q, n + len(seen))
+        ids, scores = ids.ravel(), scores.ravel()
+        keep = ~np.isin(ids, seen)
+        ids, scores = ids[keep], scores[keep]
+        order = np.argsort(-scores, kind="stable")
+        ids, scores = ids[order], scores[order]
+        _, first = np.unique(ids, return_index=True)
+        first = np.sort(first)[:n]
+        return ids[first], scores[first]
+
+    def _fallback(self, n: int, seen: np.ndarray | None = None) -> pd.DataFrame:
+        """Unknown users: popular head items mixed with tail items spread over the text space."""
+        seen = np.zeros(0, np.int64) if seen is None else seen
+        pop = self._pop_order[~np.isin(self._pop_order, seen)]
+        n_tail = n // 2
+        head = pop[self.m.item_segment[pop] == SEGMENT_CODES[HEAD]][: n - n_tail]
+        tail = pop[self.m.item_segment[pop] != SEGMENT_CODES[HEAD]]
+        tail = _diverse(self.m.item_vectors, tail[: 10 * n_tail], n_tail)
+        ids = np.concatenate([head, tail])
+        score = np.log1p(self.m.item_pop[ids])
+        return self._merge([("pop", ids, score)])
+
+    def _merge(self, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+        frames = []
+        for src, ids, sc in parts:
+            frames.append(pd.DataFrame({"item_idx": np.asarray(ids, np.int64), "src": src,
+                                        "score": np.asarray(sc, np.float32)}))
+        long = pd.concat(frames, ignore_index=True)
+        flags = pd.crosstab(long["item_idx"], long["src"]).reindex(columns=list(SOURCES), fill_value=0)
+        best = long.pivot_table(index="item_idx", columns="src", values="score", aggfunc="max")
+        best = best.reindex(columns=list(SOURCES))
+        first_src = long.drop_duplicates("item_idx").set_index("item_idx")["src"]
+        out = pd.DataFrame({"item_idx": flags.index.to_numpy(np.int64)})
+        for s in SOURCES:
+            out[f"from_{s}"] = (flags[s].to_numpy() > 0).astype(np.float32)
+            out[f"{s}_score"] = best[s].to_numpy(np.float32)
+        out["source"] = first_src.reindex(flags.index).to_numpy()
+        out["segment"] = SEGMENT_NAMES[self.m.item_segment[out["item_idx"].to_numpy()]]
+        return out
+
+    # -- item-side queries ----------------------------------------------------------
+    def similar_items(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
+        row = self._item_row.get(str(item_id))
+        if row is None:
+            raise KeyError(item_id)
+        return self._search_vectors(self.m.item_vectors[row][None], k, segment, exclude=row)
+
+    def search_vector(self, vector: np.ndarray, k: int, segment: str | None = None) -> pd.DataFrame:
+        return self._search_vectors(np.asarray(vector, np.float32)[None], k, segment)
+
+    def _search_vectors(self, q: np.ndarray, k: int, segment: str | None, exclude: int | None = None
+                        ) -> pd.DataFrame:
+        index = self.m.tail_index if segment in (TAIL, COLD) else self.m.full_index
+        want = k + 1 if exclude is not None else k
+        if segment is not None:
+            want = max(want * 4, want + 50)  # the filter below drops other segments
+        scores, ids = index.search(q, want)
+        ids, scores = ids[0], scores[0]
+        keep = ids != (exclude if exclude is not None else -2)
+        if segment is not None:
+            keep &= self.m.item_segment[ids] == SEGMENT_CODES[segment]
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        return pd.DataFrame({"item_idx": ids, "item_id": self.m.item_ids[ids], "score": scores,
+                             "segment": SEGMENT_NAMES[self.m.item_segment[ids]]})
+
+
+def _profile(item_vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Session profile: recent items weigh more (rank-based decay; sessions carry no timestamps)."""
+    if not len(rows):
+        return np.zeros(item_vectors.shape[1], np.float32)
+    w = 0.5 ** (np.arange(len(rows)) / 5.0)
+    v = (item_vectors[rows] * w[:, None]).sum(0)
+    return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _diverse(vectors: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Greedy farthest-point pick: each next item is the least similar to those already picked."""
+    if len(rows) <= n:
+        return rows
+    picked = [0]
+    sim = vectors[rows] @ vectors[rows[0]]
+    for _ in range(n - 1):
+        j = int(np.argmin(sim))
+        picked.append(j)
+        sim = np.maximum(sim, vectors[rows] @ vectors[rows[j]])
+    return rows[picked]

@@ -1,0 +1,191 @@
+"""The stages against one artifact store: data -> embed -> cf + index -> rank -> eval.
+
+`fit` trains every stage on the given interactions; `run` splits by time first,
+fits on train, and evaluates on test against the baselines. Each stage checks
+its fingerprint and is a no-op when its inputs and config are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ltray.artifacts import ArtifactStore, fingerprint_of
+from ltray.candidates import SEGMENT_CODES, CandidateModels
+from ltray.config import Config
+from ltray.data import Dataset, compute_segments, load_dataset, temporal_holdout
+
+Log = Any  # a callable(str) -> None; rich console print in the CLI
+
+
+@dataclass
+class Bundle:
+    """What the data stage hands on: the catalog, the split and the segments."""
+
+    items: pd.DataFrame
+    train: pd.DataFrame
+    test: pd.DataFrame | None
+    item_segment: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self.items["item_id"].to_numpy().astype(str)
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _segment_codes(item_ids, train: pd.DataFrame, head_share: float) -> np.ndarray:
+    seg = compute_segments(item_ids, train, head_share).table["segment"].map(SEGMENT_CODES)
+    return seg.to_numpy(np.int8)
+
+
+# -- data ----------------------------------------------------------------------------
+def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _print) -> Bundle:
+    t0 = time.perf_counter()
+    ds: Dataset = load_dataset(cfg.data)  # validates before anything is written
+    fp = fingerprint_of({"sources": ds.sources, "data": cfg.fingerprint("data"), "holdout": holdout,
+                         "n": [len(ds.items), len(ds.interactions)]})
+    if holdout:
+        train, test = temporal_holdout(ds.interactions, cfg.data.test_fraction, cfg.data.min_user_interactions)
+    else:
+        train, test = ds.interactions.reset_index(drop=True), None
+    seg = _segment_codes(ds.items["item_id"], train, cfg.data.head_share)
+    bundle = Bundle(ds.items.reset_index(drop=True), train, test, seg)
+    if not store.is_current("data", fp):
+        with store.writing("data", fingerprint=fp, dataset=ds.name) as w:
+            pq.write_table(pa.Table.from_pandas(bundle.items, preserve_index=False), w / "items.parquet")
+            pq.write_table(pa.Table.from_pandas(train, preserve_index=False), w / "train.parquet")
+            if test is not None:
+                pq.write_table(pa.Table.from_pandas(test, preserve_index=False), w / "test.parquet")
+            segs = pd.DataFrame({"item_id": bundle.item_ids, "segment": seg})
+            pq.write_table(pa.Table.from_pandas(segs, preserve_index=False), w / "segments.parquet")
+            w.info.update(items=len(ds.items), train=len(train), test=0 if test is None else len(test),
+                          segments={k: int((seg == v).sum()) for k, v in SEGMENT_CODES.items()})
+        store.update_manifest(config=cfg.to_dict(), inputs=ds.sources, dataset=ds.name)
+        log(f"data: {len(ds.items):,} items, {len(train):,} train / "
+            f"{0 if test is None else len(test):,} test interactions")
+    else:
+        log("data: unchanged, skipped")
+    bundle.timings["data"] = time.perf_counter() - t0
+    return bundle
+
+
+# -- embed -----------------------------------------------------------------------------
+def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _print) -> np.ndarray:
+    from ltray.embed.stage import load_embeddings, run_embed
+
+    t0 = time.perf_counter()
+    stats = run_embed(store, bundle.items[["item_id", "text"]], cfg)
+    if stats.get("skipped"):
+        log("embed: unchanged, skipped")
+    else:
+        log(f"embed: {stats.get('encoded', 0):,} encoded, {stats.get('carried_over', 0):,} carried over "
+            f"({stats.get('items_per_s', 0):.0f} items/s)")
+    vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
+    bundle.timings["embed"] = time.perf_counter() - t0
+    return vectors
+
+
+# -- cf + index ------------------------------------------------------------------------------
+def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray,
+                     log: Log = _print) -> CandidateModels:
+    t0 = time.perf_counter()
+    fp = fingerprint_of({"data": store.stage_info("data")["fingerprint"],
+                         "embed": store.stage_info("embed")["fingerprint"],
+                         "cfg": cfg.fingerprint("cf", "index")})
+    if store.is_current("cf", fp) and store.is_current("index", fp):
+        log("cf + index: unchanged, skipped")
+        models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), bundle.item_ids, vectors)
+    else:
+        models = CandidateModels.fit(bundle.train, bundle.item_ids, vectors, bundle.item_segment, cfg)
+        with store.writing("cf", fingerprint=fp) as wc, store.writing("index", fingerprint=fp) as wi:
+            models.save(wc.path, wi.path)
+            wc.info.update(users=len(models.user_ids), factors=int(models.als.item_factors.shape[1]))
+            wi.info.update(tail_items=models.tail_index.ntotal, full_items=models.full_index.ntotal)
+        log(f"cf + index: ALS on {len(models.user_ids):,} users; tail index {models.tail_index.ntotal:,} items")
+    bundle.timings["cf+index"] = time.perf_counter() - t0
+    return models
+
+
+# -- rank -------------------------------------------------------------------------------------
+def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray, log: Log = _print):
+    """Train the CTR model on candidates from models fitted on an earlier slice of train.
+
+    Train is split per user by time into fit / valid. Candidate models are fitted on
+    `fit`; half of the users' `valid` interactions label the ranker's training data, the
+    other half chooses the tail share, so the choice is never made on data the ranker saw.
+    """
+    from ltray.rank.ranker import Ranker
+
+    t0 = time.perf_counter()
+    fp = fingerprint_of({"data": store.stage_info("data")["fingerprint"],
+                         "embed": store.stage_info("embed")["fingerprint"],
+                         "cfg": cfg.fingerprint("cf", "index", "rank", "blend", "eval")})
+    if store.is_current("rank", fp):
+        log("rank: unchanged, skipped")
+        path = store.stage_path("rank")
+        bundle.timings["rank"] = time.perf_counter() - t0
+        return Ranker.load(path), json.loads((path / "blend.json").read_text())
+    from ltray.tuning import train_ranker_and_choose_blend
+
+    with store.writing("rank", fingerprint=fp) as w:
+        result = train_ranker_and_choose_blend(bundle, vectors, cfg, w.path, log)
+        (w / "blend.json").write_text(json.dumps(result["blend"], indent=2))
+        w.info.update(metrics=result["metrics"], tail_share=result["blend"]["tail_share"])
+    path = store.stage_path("rank")
+    bundle.timings["rank"] = time.perf_counter() - t0
+    return Ranker.load(path), json.loads((path / "blend.json").read_text())
+
+
+def load_recommender(artifacts: str | Path, cfg: Config | None = None):
+    """The Recommender a run folder describes (what Serve and `ltray recommend` use)."""
+    from ltray.embed.stage import load_embeddings
+    from ltray.rank.ranker import Ranker
+    from ltray.recommend import Explainer, Recommender
+    from ltray.text_mining import item_keywords
+
+    store = ArtifactStore(str(artifacts))
+    cfg = cfg or Config.model_validate(store.manifest().get("config", {}))
+    items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
+    item_ids = items["item_id"].to_numpy().astype(str)
+    vectors = load_embeddings(store.stage_path("embed"), item_ids)
+    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors)
+    ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
+    blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
+    titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
+    explainer = Explainer(titles, item_keywords(items["text"].tolist()))
+    rec = Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"), explainer=explainer)
+    rec.version = store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
+    return rec
+
+
+def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print) -> dict[str, Any]:
+    """Every stage on the given interactions (no holdout unless asked)."""
+    store = ArtifactStore(artifacts)
+    bundle = stage_data(store, cfg, holdout, log)
+    vectors = stage_embed(store, cfg, bundle, log)
+    models = stage_candidates(store, cfg, bundle, vectors, log)
+    ranker, blend_choice = stage_rank(store, cfg, bundle, vectors, log)
+    store.update_manifest(timings=bundle.timings)
+    return {"store": store, "bundle": bundle, "vectors": vectors, "models": models, "ranker": ranker,
+            "blend": blend_choice}
+
+
+def run(cfg: Config, artifacts: str, log: Log = _print) -> Path:
+    """Split -> fit on train -> evaluate on test -> report. Returns the report path."""
+    from ltray.eval.stage import stage_eval
+
+    parts = fit(cfg, artifacts, holdout=True, log=log)
+    report = stage_eval(parts, cfg, log)
+    return report

@@ -1,0 +1,112 @@
+"""Train the ranker on candidates it will really see, and choose the tail share on validation.
+
+Train is split per user by time into `fit` and `valid`. Candidate models fitted on
+`fit` produce each user's candidates; half of the users' `valid` items label the
+ranker's training table; the other half picks the operating point: the highest
+TailRecall@K whose Recall@K stays within `eval.max_recall_loss` of CF alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels
+from ltray.config import Config
+from ltray.data import compute_segments, temporal_holdout
+from ltray.eval.metrics import evaluate
+from ltray.rank.features import FeatureBuilder
+from ltray.rank.sampling import sample_training_table, time_validation_split
+from ltray.recommend import Recommender, feature_context
+
+TUNE_K = 20
+
+
+def segment_codes_for(item_ids, train: pd.DataFrame, head_share: float) -> np.ndarray:
+    seg = compute_segments(item_ids, train, head_share).table["segment"].map(SEGMENT_CODES)
+    return seg.to_numpy(np.int8)
+
+
+def held_out_rows(gen: CandidateGenerator, held: pd.DataFrame, users: np.ndarray) -> dict[int, np.ndarray]:
+    """{list position: held-out item rows} for `users` (the order of the recommendation lists)."""
+    pos = {u: i for i, u in enumerate(users)}
+    h = held[held["user_id"].isin(pos)]
+    rows = gen.item_rows(h["item_id"].to_numpy())
+    out: dict[int, list[int]] = {}
+    for u, r in zip(h["user_id"].to_numpy(), rows, strict=True):
+        if r >= 0:
+            out.setdefault(pos[u], []).append(int(r))
+    return {k: np.asarray(v, np.int64) for k, v in out.items()}
+
+
+def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.ndarray, k: int) -> np.ndarray:
+    rows = np.array([gen.user_row(u) for u in users], np.int64)
+    ids, _ = models.als.recommend(rows, k)
+    out = np.full((len(users), k), -1, np.int64)
+    out[:, : ids.shape[1]] = ids
+    return out
+
+
+def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K
+                      ) -> dict[str, float]:
+    """The highest TailRecall@k whose Recall@k >= (1 - max_loss) * CF-only Recall@k."""
+    floor = (1.0 - max_loss) * cf_recall
+    ok = [c for c in curve if c[f"Recall@{k}"] >= floor]
+    if not ok:  # nothing keeps recall: take the most accurate point
+        return max(curve, key=lambda c: c[f"Recall@{k}"])
+    return max(ok, key=lambda c: (c[f"TailRecall@{k}"] + c.get(f"ColdRecall@{k}", 0.0), c[f"Recall@{k}"]))
+
+
+def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path, log) -> dict[str, Any]:
+    from ltray.rank.ranker import Ranker
+    from ltray.rank.train import train_ctr
+
+    fit_part, valid = temporal_holdout(bundle.train, cfg.data.test_fraction, cfg.data.min_user_interactions)
+    seg = segment_codes_for(bundle.item_ids, fit_part, cfg.data.head_share)
+    models = CandidateModels.fit(fit_part, bundle.item_ids, vectors, seg, cfg)
+    gen = CandidateGenerator(models, cfg)
+    ctx = feature_context(models)
+    users = np.array([u for u in np.unique(valid["user_id"].astype(str)) if gen.user_row(u) is not None])
+    rng = np.random.default_rng(cfg.rank.seed)
+    users = users[rng.permutation(len(users))]
+    half = len(users) // 2
+    train_users, tune_users = np.sort(users[:half]), np.sort(users[half:])
+    log(f"rank: candidate models on {len(fit_part):,} interactions; ranker learns from {len(train_users)} users, "
+        f"tail share is chosen on {len(tune_users)} others")
+
+    cands = pd.concat([gen.candidates(gen.state(u)).assign(user_id=u) for u in train_users], ignore_index=True)
+    pos = valid[valid["user_id"].isin(set(train_users))].copy()
+    pos["item_idx"] = gen.item_rows(pos["item_id"].to_numpy())
+    pos = pos[pos["item_idx"] >= 0][["user_id", "item_idx", "ts"]]
+    seen = fit_part[fit_part["user_id"].isin(set(train_users))].copy()
+    seen["item_idx"] = gen.item_rows(seen["item_id"].to_numpy())
+    table = sample_training_table(pos, cands, ctx, cfg.rank, rng, seen=seen[["user_id", "item_idx"]])
+    train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction)
+    builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
+    storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
+    metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, out_dir, storage_path=storage)
+    log(f"rank: validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
+        f"({metrics['n_train']:,} samples)")
+
+    ranker = Ranker.load(out_dir)
+    rec = Recommender(models, ranker, cfg)
+    grid = tuple(cfg.eval.tail_share_grid)
+    lists = rec.recommend_rows(tune_users, TUNE_K, tail_shares=grid)
+    held = held_out_rows(gen, valid, tune_users)
+    cf_metrics = evaluate(cf_only_rows(models, gen, tune_users, TUNE_K), held, models.item_segment,
+                          models.item_pop, ks=(TUNE_K,))
+    curve = []
+    for s in grid:
+        m = evaluate(lists[s], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+        curve.append({"tail_share": s, **{k: float(v) for k, v in m.items() if "@" in k}})
+    chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss)
+    tail_share = cfg.blend.tail_share if cfg.blend.tail_share is not None else chosen["tail_share"]
+    log(f"rank: tail_share {tail_share:.2f} (validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} "
+        f"vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
+    blend = {"tail_share": float(tail_share), "chosen_on": "validation", "rule": (
+        f"highest TailRecall@{TUNE_K} with Recall@{TUNE_K} >= (1 - {cfg.eval.max_recall_loss}) x CF-only"),
+        "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
+    return {"blend": blend, "metrics": {k: v for k, v in metrics.items() if k != "history"}}
