@@ -1,0 +1,133 @@
+"""End to end: the pipeline on the synthetic default (small) and on MovieLens, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltray.config import load_config
+
+SMALL = [
+    "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
+    "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256", "eval.tune=false",
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(ray_cluster, tmp_path_factory):
+    from ltray.pipeline import run
+
+    cfg = load_config(overrides=SMALL)
+    root = tmp_path_factory.mktemp("synthetic-run")
+    logs: list[str] = []
+    report = run(cfg, str(root / "art"), log=logs.append)
+    return cfg, root / "art", report, logs
+
+
+def test_run_writes_report_with_every_section(synthetic_run):
+    _, art, report, _ = synthetic_run
+    assert report.exists() and report.name == "report.html"
+    md = (report.parent / "report.md").read_text()
+    for section in ("Metrics", "Trade-off", "decile", "Lorenz", "Example users", "timings"):
+        assert section.lower() in md.lower(), section
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert {"data", "embed", "cf", "index", "rank", "eval"} <= set(manifest["stages"])
+    assert manifest["config"]["data"]["synthetic"]["n_items"] == 600
+    assert "ltray" in manifest["metrics"] and "ALS" in manifest["metrics"]
+    for stage in ("data", "embed", "cf", "index", "rank"):
+        assert manifest["stages"][stage]["seconds"] >= 0
+
+
+def test_synthetic_tail_recall_beats_als_at_equal_recall(synthetic_run):
+    """The generator plants text-driven tail preferences: ltray must find more of them than ALS."""
+    _, art, _, _ = synthetic_run
+    metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
+    ours, als = metrics["ltray"], metrics["ALS"]
+    assert ours["TailRecall@20"] > als["TailRecall@20"]
+    # "Equal recall": within the configured loss budget (2%) plus sampling noise of 300 users.
+    assert ours["Recall@20"] >= 0.9 * als["Recall@20"]
+
+
+def test_rerun_is_a_no_op(synthetic_run, ray_cluster):
+    from ltray.pipeline import fit
+
+    cfg, art, _, _ = synthetic_run
+    before = json.loads((art / "manifest.json").read_text())["stages"]
+    logs: list[str] = []
+    fit(cfg, str(art), holdout=True, log=logs.append)
+    after = json.loads((art / "manifest.json").read_text())["stages"]
+    assert all("skipped" in line for line in logs), logs
+    for stage in ("data", "embed", "cf", "index", "rank"):
+        assert after[stage]["version"] == before[stage]["version"]
+
+
+def test_fit_and_recommend_cli_for_listed_users(ray_cluster, tmp_path, small_synthetic):
+    """`ltray fit` on given files + `ltray recommend` give recs for exactly the listed users, no seen items."""
+    items = small_synthetic.items[["item_id", "text", "title"]]
+    inter = small_synthetic.interactions
+    items.to_csv(tmp_path / "items.csv", index=False)
+    inter.to_parquet(tmp_path / "interactions.parquet", index=False)
+    listed = sorted(inter["user_id"].unique())[:7] + ["someone-new"]
+    (tmp_path / "users.txt").write_text("\n".join(listed) + "\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cli = [sys.executable, "-m", "ltray.cli"]
+    art = tmp_path / "art"
+    fit = subprocess.run([*cli, "fit", "--items", str(tmp_path / "items.csv"), "--interactions",
+                          str(tmp_path / "interactions.parquet"), "--artifacts", str(art),
+                          *[a for s in SMALL for a in ("--set", s)]], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    rec = subprocess.run([*cli, "recommend", "--artifacts", str(art), "--users", str(tmp_path / "users.txt"),
+                          "--k", "10", "--out", str(tmp_path / "recs.parquet")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert rec.returncode == 0, rec.stderr[-3000:]
+    recs = pd.read_parquet(tmp_path / "recs.parquet")
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score", "segment", "source"]
+    assert sorted(recs["user_id"].unique()) == sorted(listed)
+    for u, g in recs.groupby("user_id"):
+        assert list(g["rank"]) == list(range(1, len(g) + 1))
+        assert g["item_id"].is_unique and len(g) == 10
+        seen = set(inter.loc[inter["user_id"] == u, "item_id"])
+        assert not seen & set(g["item_id"]), u
+    assert set(recs["segment"]) <= {"head", "tail", "cold"}
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,text\na,hello\na,again\n")
+    (tmp_path / "inter.csv").write_text("user_id,item_id,ts\nu,a,1\n")
+    art = tmp_path / "art"
+    r = subprocess.run([sys.executable, "-m", "ltray.cli", "fit", "--items", str(tmp_path / "items.csv"),
+                        "--interactions", str(tmp_path / "inter.csv"), "--artifacts", str(art)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "items.csv" in r.stderr and "rows 1, 2" in r.stderr and "item_id" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (art / "manifest.json").exists()
+    assert not any(p.name in ("data", "embed") for p in art.iterdir()) if art.exists() else True
+
+
+@pytest.mark.slow
+def test_movielens_targets(ray_cluster, tmp_path_factory):
+    """The issue's targets on MovieLens latest-small, measured by the same protocol as the baselines."""
+    from ltray.pipeline import run
+
+    cfg = load_config(overrides=["data.dataset=movielens-latest-small"])
+    art = tmp_path_factory.mktemp("ml") / "art"
+    run(cfg, str(art), log=print)
+    metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
+    ours, als = metrics["ltray"], metrics["ALS"]
+    print(json.dumps({k: {m: round(v, 4) for m, v in t.items() if "@20" in m} for k, t in metrics.items()}))
+    # Honest targets: see README "Results". Tail and cold items must reach users ALS never shows them.
+    assert ours["TailRecall@20"] >= 0.015
+    assert ours["ColdRecall@20"] > als["ColdRecall@20"]
+    assert ours["Coverage@20"] > als["Coverage@20"]
+    assert ours["Recall@20"] >= (1 - cfg.eval.max_recall_loss) * als["Recall@20"] - 0.01
+    assert np.isfinite(ours["NDCG@20"])
