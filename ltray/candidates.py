@@ -108,8 +108,9 @@ class CandidateModels:
                                                           "tail_items": self.tail_index.ntotal}))
 
     @classmethod
-    def load(cls, cf_dir: Path, index_dir: Path, item_ids: np.ndarray, item_vectors: np.ndarray
-             ) -> CandidateModels:
+    def load(cls, cf_dir: Path, index_dir: Path, item_ids: np.ndarray, item_vectors: np.ndarray,
+             faiss_indexes: bool = True) -> CandidateModels:
+        """`faiss_indexes=False` leaves the FAISS indexes out (None): Serve stages that never search."""
         als = ALSRecall.load(cf_dir)
         with np.load(index_dir / "profiles.npz", allow_pickle=False) as z:
             profiles, flat, lens = z["profiles"], z["recent_flat"], z["recent_len"]
@@ -120,8 +121,10 @@ class CandidateModels:
         recent = np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
         return cls(item_ids=np.asarray(item_ids).astype(str), item_vectors=item_vectors, item_segment=seg,
                    item_pop=pop, als=als, bridge=TextToCFBridge.load(index_dir / "bridge.npz"),
-                   item_bridge=item_bridge, tail_index=VectorIndex.load(index_dir / "tail.faiss"),
-                   full_index=VectorIndex.load(index_dir / "full.faiss"), user_profiles=profiles,
+                   item_bridge=item_bridge,
+                   tail_index=VectorIndex.load(index_dir / "tail.faiss") if faiss_indexes else None,
+                   full_index=VectorIndex.load(index_dir / "full.faiss") if faiss_indexes else None,
+                   user_profiles=profiles,
                    user_recent=recent, user_n=user_n, user_last_ts=last, now_ts=int(meta["now_ts"]))
 
 
@@ -172,8 +175,12 @@ class CandidateGenerator:
         n_cf = b.n_cf if n_cf is None else n_cf
         n_tail = b.n_tail if n_tail is None else n_tail
         n_bridge = b.n_bridge if n_bridge is None else n_bridge
-        if state is None:
-            return self._fallback(n_cf + n_tail)
+        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge)
+        return self.merge_parts(state, parts, n_cf + n_tail)
+
+    def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int
+                     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(source, item rows, scores) per source that has something; Serve runs them in separate stages."""
         parts = []
         seen = np.asarray(state.seen, np.int64)
         if n_cf and np.any(state.factor):
@@ -187,8 +194,15 @@ class CandidateGenerator:
             ids = self._tail_rows[top]
             keep = ~np.isin(ids, seen)
             parts.append(("bridge", ids[keep][:n_bridge], sc[top][keep][:n_bridge]))
+        return parts
+
+    def merge_parts(self, state: UserState | None, parts: list[tuple[str, np.ndarray, np.ndarray]],
+                    n_fallback: int) -> pd.DataFrame:
+        """One candidate table from parts in SOURCES order, or the fallback when there are none."""
+        if state is None:
+            return self._fallback(n_fallback)
         if not parts:
-            return self._fallback(n_cf + n_tail, seen)
+            return self._fallback(n_fallback, np.asarray(state.seen, np.int64))
         return self._merge(parts)
 
     def _tail_search(self, st: UserState, n: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

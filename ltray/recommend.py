@@ -99,6 +99,11 @@ class Recommender:
     def recommend(self, user_id: str, k: int = 20, tail_share: float | None = None, exclude_seen: bool = True,
                   recent_items=None, explain: bool = True) -> pd.DataFrame:
         state, cands = self.rank_candidates(user_id, recent_items, exclude_seen)
+        return self.top_k(state, cands, k, tail_share, explain)
+
+    def top_k(self, state: UserState | None, cands: pd.DataFrame, k: int, tail_share: float | None = None,
+              explain: bool = True) -> pd.DataFrame:
+        """Scored candidates -> the blended top k with item_id (and reason); Serve's ranker calls this too."""
         share = self.tail_share if tail_share is None else tail_share
         picked = blend(cands, k, share, self.cfg.blend.method)
         out = picked[["item_idx", "score", "segment", "source"]].reset_index(drop=True)
