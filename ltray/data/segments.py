@@ -34,7 +34,8 @@ def compute_segments(item_ids, train: pd.DataFrame, head_share: float = 0.8) -> 
     Tail = the other items seen in training. Cold = items with no training interaction.
     Ties in popularity are broken by item_id, so the cut is deterministic.
     """
-    ids = pd.Index(pd.Series(item_ids, dtype=object).astype(str))
+    # Named, so the table keeps an item_id column whatever item_ids was (list, array, Series).
+    ids = pd.Index(pd.Series(item_ids, dtype=object).astype(str).to_numpy(), name="item_id")
     counts = train["item_id"].value_counts().reindex(ids, fill_value=0)
     order = pd.DataFrame({"item_id": ids, "count": counts.to_numpy()})
     order = order.sort_values(["count", "item_id"], ascending=[False, True], kind="stable")
