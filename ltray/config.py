@@ -122,18 +122,27 @@ class BlendConfig(_Section):
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    num_cpus: float = Field(0.25, gt=0)
-    max_ongoing_requests: int = Field(64, ge=1)
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 = a free one (ltray serve)")
+    app_name: str = "ltray"
+    topology: Literal["chain", "colocated"] = Field(
+        "chain", description="chain: Ingress -> CFRecall -> TailRetrieval -> CTRRanker, one deployment each; "
+        "colocated: Ingress -> one deployment running all three stages (one hop instead of three)")
+    num_cpus: float = Field(0.25, gt=0, description="CPUs per replica; four deployments at 0.25 fit in 1 CPU")
+    num_gpus_ranker: float = Field(0.0, ge=0, description="GPU profile: GPUs per CTRRanker replica")
+    num_gpus_retrieval: float = Field(0.0, ge=0, description="GPU profile: GPUs per TailRetrieval replica")
+    max_ongoing_requests: int = Field(64, ge=1, description="per replica, before Serve queues or rejects")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8.0, gt=0)
-    max_k: int = 500
-    max_text_chars: int = 2000
-    max_body_bytes: int = 1 << 20
-    batch_wait_timeout_s: float = 0.002
-    max_batch_size: int = 32
+    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaler's target per replica")
+    stage_retries: int = Field(1, ge=0, description="retries of a stage call whose replica died (reads only)")
+    max_k: int = Field(500, ge=1, le=500, description="largest k a request may ask for (schema caps at 500)")
+    max_text_chars: int = Field(2000, ge=1, le=2000, description="longest /search text (schema caps at 2000)")
+    max_recent_items: int = Field(500, ge=1, le=500, description="most session items in one request")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_batch_size: int = Field(32, ge=1, description="CTRRanker: requests per forward pass")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="CTRRanker: wait to fill a batch")
+    encoder_threads: int = Field(1, ge=1, description="torch threads of the /search text encoder")
 
 
 class EvalConfig(_Section):
