@@ -150,7 +150,20 @@ class EvalConfig(_Section):
     max_recall_loss: float = Field(0.02, ge=0, lt=1)
     tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
     baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
-    tune: bool = True
+    tune: bool = Field(True, description="grid-search every baseline on a validation split carved from train")
+    tune_metric: str = Field("Recall@20", description="what baseline tuning maximises on validation")
+    baseline_grids: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=lambda: {
+            "als": {"factors": [32, 64, 128], "regularization": [0.05, 0.5], "alpha": [1.0, 4.0],
+                    "binary": [False, True]},
+            "itemknn": {"neighbours": [25, 50, 100, 200, 400], "binary": [True, False]},
+            "contentknn": {"half_life_days": [None, 30.0, 180.0, 1000.0], "use_weights": [False, True]},
+            "lightfm": {"no_components": [32, 64], "epochs": [10, 30]},
+        },
+        description="hyper-parameter grid per baseline; a baseline without a grid runs with its defaults")
+    tail_quota_share: float = Field(0.4, ge=0, le=1, description="share of slots ALS+TailQuota gives to "
+                                    "ContentKNN's tail / cold items (fixed, not tuned)")
+    popularity_bins: int = Field(10, ge=2, description="bins of the report's popularity exposure chart")
     example_users: int = 3
 
 

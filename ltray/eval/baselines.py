@@ -1,0 +1,399 @@
+"""Baselines that ltray is measured against, behind one small interface (like implicit's).
+
+    model = ALSBaseline(factors=64).fit(train, item_vectors=None, train_ts=None)
+    recs = model.recommend(user_rows, k=20, exclude_seen=True)   # (n, k) int64, -1 pads
+
+``train`` is a CSR (n_users, n_items) of interaction weights; ``train_ts`` (optional) a CSR of the
+same shape and sparsity holding the interaction times in seconds. Items and users are integer rows.
+Every baseline ranks the full catalog. ``tune`` grid-searches hyper-parameters on a validation split.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ltray.eval.metrics import HEAD_CODE, evaluate, segments_from_counts
+
+DAY_S = 86_400.0
+# Users scored per block, so a (block, n_items) float32 score matrix stays small.
+_USER_BLOCK = 1024
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def interaction_matrices(interactions: pd.DataFrame, user_index: pd.Index, item_index: pd.Index,
+                         binary: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(weights, times) CSR matrices (n_users, n_items) from a canonical interactions table.
+
+    A repeated (user, item) pair keeps its latest time and weight. Users and items are looked
+    up in the given indexes (their positions are the rows); unknown ids are an error.
+    """
+    u = user_index.get_indexer(interactions["user_id"])
+    i = item_index.get_indexer(interactions["item_id"])
+    if (u < 0).any() or (i < 0).any():
+        raise ValueError("interactions hold user or item ids outside the given indexes")
+    ts = interactions["ts"].to_numpy(np.int64)
+    w = np.ones(len(u), np.float32) if binary or "weight" not in interactions else \
+        interactions["weight"].to_numpy(np.float32)
+    order = np.lexsort((ts, i, u))
+    u, i, ts, w = u[order], i[order], ts[order], w[order]
+    last = np.ones(len(u), dtype=bool)
+    last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+    shape = (len(user_index), len(item_index))
+    weights = sp.csr_matrix((w[last], (u[last], i[last])), shape=shape, dtype=np.float32)
+    times = sp.csr_matrix((ts[last].astype(np.float64), (u[last], i[last])), shape=shape)
+    return weights, times
+
+
+def holdout_sets(test: pd.DataFrame, user_index: pd.Index, item_index: pd.Index) -> dict[int, np.ndarray]:
+    """{user_row: held-out item rows} from a canonical interactions table (what `evaluate` takes)."""
+    u = user_index.get_indexer(test["user_id"])
+    i = item_index.get_indexer(test["item_id"])
+    if (u < 0).any() or (i < 0).any():
+        raise ValueError("test holds user or item ids outside the given indexes")
+    df = pd.DataFrame({"u": u, "i": i})
+    return {int(k): np.unique(g.to_numpy()) for k, g in df.groupby("u")["i"]}
+
+
+def text_bag_features(texts: list[str], min_df: int = 2, max_features: int = 20_000) -> sp.csr_matrix:
+    """Binary bag of words of the item texts (title words, genres, tags), rows L2-normalised.
+
+    The item features for LightFM: what a practitioner would feed it without an encoder.
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    vec = CountVectorizer(binary=True, min_df=min(min_df, len(texts)), max_features=max_features,
+                          stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z\-]+\b")
+    return normalize(vec.fit_transform(texts).astype(np.float32)).tocsr()
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
+    """Row-wise top-k item rows of a dense score block, best first; -inf scores and excluded items
+    never appear (their slots are -1)."""
+    s = np.array(scores, dtype=np.float32, copy=True)
+    n, n_items = s.shape
+    if exclude is not None and exclude.nnz:
+        rows = np.repeat(np.arange(n), np.diff(exclude.indptr))
+        s[rows, exclude.indices] = -np.inf
+    kk = min(k, n_items)
+    out = np.full((n, k), -1, dtype=np.int64)
+    if kk == 0 or n == 0:
+        return out
+    part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    vals = np.take_along_axis(s, part, axis=1)
+    # Stable sort on (score desc, item row asc) so equal scores come out in a fixed order.
+    order = np.lexsort((part, -vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    idx[~np.isfinite(vals)] = -1
+    out[:, :kk] = idx
+    return out
+
+
+class Baseline:
+    """fit(train, item_vectors, train_ts) once, then recommend(user_rows, k) over the full catalog."""
+
+    name = "baseline"
+    train: sp.csr_matrix
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def fit(self, train: sp.csr_matrix, item_vectors: np.ndarray | None = None,
+            train_ts: sp.csr_matrix | None = None) -> Baseline:
+        self.train = sp.csr_matrix(train, dtype=np.float32)
+        self.train.eliminate_zeros()
+        self._fit(self.train, item_vectors, train_ts)
+        return self
+
+    def _fit(self, train: sp.csr_matrix, item_vectors, train_ts) -> None:
+        raise NotImplementedError
+
+    def scores(self, user_rows: np.ndarray) -> np.ndarray:
+        """(n, n_items) float32 scores; higher is better, -inf = never recommend."""
+        raise NotImplementedError
+
+    def recommend(self, user_rows, k: int, exclude_seen: bool = True) -> np.ndarray:
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        out = np.full((len(user_rows), k), -1, dtype=np.int64)
+        for lo in range(0, len(user_rows), _USER_BLOCK):
+            block = user_rows[lo:lo + _USER_BLOCK]
+            exclude = self.train[block] if exclude_seen else None
+            out[lo:lo + len(block)] = top_k(self.scores(block), k, exclude)
+        return out
+
+
+class MostPop(Baseline):
+    """The most interacted-with training items (counts, not weights); ties by item row."""
+
+    name = "MostPop"
+
+    def _fit(self, train, item_vectors, train_ts):
+        pop = train.getnnz(axis=0)
+        order = np.lexsort((np.arange(len(pop)), -pop))
+        self._score = np.empty(len(pop), np.float32)
+        self._score[order] = -np.arange(len(pop), dtype=np.float32)
+
+    def scores(self, user_rows):
+        return np.broadcast_to(self._score, (len(user_rows), len(self._score)))
+
+
+class ALSBaseline(Baseline):
+    """implicit's ALS; confidence 1 + alpha * w, with w the weight or 1.0 when binary."""
+
+    name = "ALS"
+
+    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
+                 iterations: int = 15, binary: bool = False, seed: int = 0, num_threads: int = 0):
+        self.params = dict(factors=factors, regularization=regularization, alpha=alpha,
+                           iterations=iterations, binary=binary)
+        self.seed, self.num_threads = seed, num_threads
+
+    def _fit(self, train, item_vectors, train_ts):
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        p = self.params
+        m = train.copy()
+        if p["binary"]:
+            m.data[:] = 1.0
+        # implicit runs its own threads; a multi-threaded BLAS underneath only oversubscribes.
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
+                                            alpha=p["alpha"], iterations=p["iterations"],
+                                            random_state=self.seed, num_threads=self.num_threads)
+            model.fit(m, show_progress=False)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+
+    def scores(self, user_rows):
+        return self.user_factors[user_rows] @ self.item_factors.T
+
+
+class ItemKNN(Baseline):
+    """implicit's item-item cosine neighbours (K per item); a user's score sums the similarities
+    of their items. Items no neighbour reaches fall back to popularity, below every scored item."""
+
+    name = "ItemKNN"
+
+    def __init__(self, neighbours: int = 100, binary: bool = True, num_threads: int = 0):
+        self.params = dict(neighbours=neighbours, binary=binary)
+        self.num_threads = num_threads
+
+    def _fit(self, train, item_vectors, train_ts):
+        from implicit.nearest_neighbours import CosineRecommender
+
+        m = train.copy()
+        if self.params["binary"]:
+            m.data[:] = 1.0
+        self._user_items = m
+        model = CosineRecommender(K=self.params["neighbours"], num_threads=self.num_threads)
+        with warnings.catch_warnings():  # implicit converts its own normalised COO back to CSR
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
+            model.fit(m, show_progress=False)
+        self.similarity = model.similarity.tocsr().astype(np.float32)
+        pop = train.getnnz(axis=0).astype(np.float32)
+        self._fallback = pop / max(pop.max(), 1.0) - 2.0  # in [-2, -1]: under any cosine score
+
+    def scores(self, user_rows):
+        s = np.asarray((self._user_items[user_rows] @ self.similarity).todense(), dtype=np.float32)
+        return np.where(s > 0, s, self._fallback[None, :])
+
+
+class ContentKNN(Baseline):
+    """Text only: the user's profile is the recency-weighted mean of their items' vectors
+    (weight 0.5 ** (age / half-life), age from the user's latest interaction); items by cosine.
+    half_life_days None = plain mean. Needs item_vectors; uses train_ts when given."""
+
+    name = "ContentKNN"
+
+    def __init__(self, half_life_days: float | None = 180.0, use_weights: bool = False):
+        self.params = dict(half_life_days=half_life_days, use_weights=use_weights)
+
+    def _fit(self, train, item_vectors, train_ts):
+        if item_vectors is None:
+            raise ValueError("ContentKNN needs item_vectors")
+        v = np.asarray(item_vectors, dtype=np.float32)
+        if v.shape[0] != train.shape[1]:
+            raise ValueError(f"{v.shape[0]} item vectors for {train.shape[1]} items")
+        self.item_vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        w = train.copy()
+        if not self.params["use_weights"]:
+            w.data[:] = 1.0
+        hl = self.params["half_life_days"]
+        if hl is not None and train_ts is not None:
+            rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+            ts = np.asarray(sp.csr_matrix(train_ts, dtype=np.float64)[rows, w.indices]).ravel()
+            last = np.full(w.shape[0], -np.inf)
+            np.maximum.at(last, rows, ts)
+            age_days = (last[rows] - ts) / DAY_S
+            w.data = (w.data * 0.5 ** (age_days / hl)).astype(np.float32)
+        profiles = np.asarray(w @ self.item_vectors, dtype=np.float32)
+        self.profiles = profiles / np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
+
+    def scores(self, user_rows):
+        return self.profiles[user_rows] @ self.item_vectors.T
+
+
+class ALSTailQuota(Baseline):
+    """ALS's list with a fixed share of its k slots given to ContentKNN's best tail / cold items.
+
+    The tail slots are spread evenly down the list (slot p is a tail slot when
+    floor((p+1)*q) > floor(p*q)), so every prefix keeps about the same share; the other slots keep
+    ALS's order. ALS items already chosen as tail picks are not repeated.
+    """
+
+    name = "ALS+TailQuota"
+
+    def __init__(self, item_segment: np.ndarray, tail_share: float = 0.4,
+                 als_params: Mapping[str, Any] | None = None,
+                 content_params: Mapping[str, Any] | None = None):
+        if not 0 <= tail_share <= 1:
+            raise ValueError("tail_share must lie in [0, 1]")
+        self.item_segment = np.asarray(item_segment)
+        self.params = dict(tail_share=tail_share)
+        self.als = ALSBaseline(**dict(als_params or {}))
+        self.content = ContentKNN(**dict(content_params or {}))
+
+    def _fit(self, train, item_vectors, train_ts):
+        if len(self.item_segment) != train.shape[1]:
+            raise ValueError(f"item_segment has {len(self.item_segment)} items, train {train.shape[1]}")
+        self.als.fit(train, item_vectors, train_ts)
+        self.content.fit(train, item_vectors, train_ts)
+
+    def recommend(self, user_rows, k, exclude_seen=True):
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        n_tail = int(round(self.params["tail_share"] * k))
+        head_list = self.als.recommend(user_rows, k, exclude_seen)
+        out = np.full((len(user_rows), k), -1, dtype=np.int64)
+        if n_tail == 0:
+            return head_list
+        is_head = self.item_segment == HEAD_CODE
+        tail_list = np.full((len(user_rows), n_tail), -1, dtype=np.int64)
+        for lo in range(0, len(user_rows), _USER_BLOCK):
+            block = user_rows[lo:lo + _USER_BLOCK]
+            s = self.content.scores(block).copy()
+            s[:, is_head] = -np.inf
+            tail_list[lo:lo + len(block)] = top_k(s, n_tail, self.train[block] if exclude_seen else None)
+        p = np.arange(k)
+        tail_slot = ((p + 1) * n_tail) // k > (p * n_tail) // k
+        for r in range(len(user_rows)):
+            picks = tail_list[r][tail_list[r] >= 0]
+            rest = head_list[r][(head_list[r] >= 0) & ~np.isin(head_list[r], picks)]
+            slots = tail_slot.copy()
+            if len(picks) < n_tail:  # too few tail items: ALS fills the spare tail slots
+                slots[np.flatnonzero(slots)[len(picks):]] = False
+            out[r, slots] = picks
+            n_rest = min(len(rest), int((~slots).sum()))
+            out[r, np.flatnonzero(~slots)[:n_rest]] = rest[:n_rest]
+        return out
+
+
+class LightFMBaseline(Baseline):
+    """LightFM with the WARP loss and item features (identity + e.g. `text_bag_features`).
+
+    Optional: lightfm is imported lazily and `available()` says whether it is installed.
+    """
+
+    name = "LightFM"
+
+    def __init__(self, item_features: sp.spmatrix | None = None, no_components: int = 64,
+                 learning_rate: float = 0.05, item_alpha: float = 1e-6, epochs: int = 20,
+                 max_sampled: int = 10, seed: int = 0, num_threads: int = 2):
+        self.item_features = item_features
+        self.params = dict(no_components=no_components, learning_rate=learning_rate,
+                           item_alpha=item_alpha, epochs=epochs, max_sampled=max_sampled)
+        self.seed, self.num_threads = seed, num_threads
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("lightfm") is not None
+
+    def _fit(self, train, item_vectors, train_ts):
+        from lightfm import LightFM
+
+        n_items = train.shape[1]
+        feats = sp.identity(n_items, dtype=np.float32, format="csr")
+        if self.item_features is not None:
+            if self.item_features.shape[0] != n_items:
+                raise ValueError(f"item_features has {self.item_features.shape[0]} rows, train {n_items} items")
+            feats = sp.hstack([feats, sp.csr_matrix(self.item_features, dtype=np.float32)]).tocsr()
+        p = self.params
+        model = LightFM(loss="warp", no_components=p["no_components"], learning_rate=p["learning_rate"],
+                        item_alpha=p["item_alpha"], max_sampled=p["max_sampled"], random_state=self.seed)
+        binary = train.copy()
+        binary.data[:] = 1.0
+        model.fit(binary.tocoo(), item_features=feats, epochs=p["epochs"], num_threads=self.num_threads)
+        item_bias, item_emb = model.get_item_representations(feats)
+        _, user_emb = model.get_user_representations()
+        self.user_factors = np.asarray(user_emb, np.float32)
+        self.item_factors = np.asarray(item_emb, np.float32)
+        self.item_bias = np.asarray(item_bias, np.float32)
+
+    def scores(self, user_rows):
+        return self.user_factors[user_rows] @ self.item_factors.T + self.item_bias[None, :]
+
+
+BASELINES: dict[str, type[Baseline]] = {
+    "mostpop": MostPop, "als": ALSBaseline, "itemknn": ItemKNN, "contentknn": ContentKNN,
+    "als_tail_quota": ALSTailQuota, "lightfm": LightFMBaseline,
+}
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+@dataclass
+class TuneResult:
+    best_params: dict[str, Any]
+    best_score: float
+    metric: str
+    trials: list[dict[str, Any]] = field(default_factory=list)  # params + score + fit_s per grid point
+
+
+def tune(baseline_factory: Callable[..., Baseline], grid: Mapping[str, list], train: sp.csr_matrix,
+         valid, metric: str = "Recall@20", *, item_vectors: np.ndarray | None = None,
+         train_ts: sp.csr_matrix | None = None, item_segment: np.ndarray | None = None,
+         head_share: float = 0.8, k: int | None = None) -> TuneResult:
+    """Grid search: fit ``baseline_factory(**point)`` on ``train`` for every grid point and score
+    ``metric`` on the held-out ``valid`` items ({user_row: items} or CSR). The first best point wins
+    ties. Segments default to those of ``train`` (head_share rule), as the protocol defines them."""
+    keys = list(grid)
+    points = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k_] for k_ in keys))]
+    pop = np.asarray(train.getnnz(axis=0), dtype=np.float64)
+    seg = segments_from_counts(pop, head_share) if item_segment is None else item_segment
+    if k is None:
+        k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 20
+    from ltray.eval.metrics import to_csr
+    truth = to_csr(valid, train.shape[0], train.shape[1])
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    best: TuneResult | None = None
+    trials = []
+    for point in points:
+        t = time.perf_counter()
+        model = baseline_factory(**point).fit(train, item_vectors, train_ts)
+        fit_s = time.perf_counter() - t
+        score = evaluate(model.recommend(users, k), truth, seg, pop, ks=(k,), user_rows=users)[metric]
+        trials.append({**point, metric: score, "fit_s": fit_s})
+        if best is None or score > best.best_score:
+            best = TuneResult(dict(point), score, metric)
+    if best is None:
+        raise ValueError("empty grid")
+    best.trials = trials
+    return best
