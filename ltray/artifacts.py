@@ -6,8 +6,10 @@ were. ``manifest.json`` is replaced atomically too and is the record of what is
 committed: a stage folder with no manifest entry is not trusted.
 
 The root is a local path or any URI that ``pyarrow.fs`` accepts (``s3://``,
-``gs://``, ``file://``). Remote stages are staged locally, uploaded into a temp
-prefix, then moved into place; reads download a stage into a local cache.
+``gs://``, ``file://``). Object stores cannot rename a folder, so a remote stage
+is uploaded under ``<stage>/v-<version>/`` and committed by the manifest write
+(one object, replaced whole); older versions are deleted after it. Reads
+download the committed version into a local cache.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import pyarrow.fs as pafs
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
+_OWNER = ".owner"  # host:pid of the process writing a temp folder
+_VERSION = ".version"  # the version a stage folder was committed as
 _TRACKED_PACKAGES = (
     "ltray", "ray", "torch", "transformers", "faiss-cpu", "faiss-gpu", "implicit",
     "numpy", "pandas", "pyarrow", "scikit-learn",
@@ -83,24 +87,40 @@ class ArtifactStore:
                 raise ArtifactError(f"artifact store {self.uri} is not reachable: {e}") from e
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
             self.root = Path(os.environ.get("LTRAY_CACHE", "~/.cache/ltray")).expanduser() / "store" / digest
+            with contextlib.suppress(OSError):  # object stores have no folders; local-like ones need it
+                self.fs.create_dir(self._remote_root, recursive=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self._recover()
 
     # -- recovery -------------------------------------------------------------
     def _recover(self) -> None:
-        """Undo a commit that was killed between its two renames; drop stale temp folders."""
-        if self.fs is not None:
-            return
-        for p in self.root.iterdir():
-            if p.name.startswith(_OLD_PREFIX):
+        """Undo a commit that was killed between its renames; drop stale temp folders and files.
+
+        A stage folder carries the version it was committed as (``.version``); the manifest entry
+        names the version it trusts. A ``.old-<stage>-*`` folder is the previous good stage moved
+        aside by a commit: it goes back into place when the stage is missing or holds a version
+        the manifest never recorded (the commit died before its manifest update).
+        """
+        try:
+            stages = self.manifest().get("stages", {}) if self.fs is None else {}
+        except ArtifactError:
+            stages = {}  # a broken manifest is reported on first use, not here
+        for p in sorted(self.root.iterdir()):
+            if p.name.startswith(_OLD_PREFIX) and p.is_dir() and self.fs is None:
                 stage = p.name[len(_OLD_PREFIX):].rsplit("-", 1)[0]
                 final = self.root / stage
+                trusted = (stages.get(stage) or {}).get("version")
+                if final.exists() and _version_of(final) != trusted and _version_of(p) == trusted:
+                    shutil.rmtree(final)
                 if not final.exists():
                     p.rename(final)
                 else:
                     shutil.rmtree(p, ignore_errors=True)
             elif p.name.startswith(_TMP_PREFIX) and _stale(p):
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     # -- manifest -------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -152,8 +172,15 @@ class ArtifactStore:
         if self.stage_info(stage) is None:
             return False
         if self.fs is None:
-            return (self.root / stage).is_dir()
-        return self.fs.get_file_info(f"{self._remote_root}/{stage}").type == pafs.FileType.Directory
+            folder = self.root / stage
+            # A folder whose version the manifest does not name is from a commit that never finished.
+            version = _version_of(folder)
+            return folder.is_dir() and (version is None or version == self.stage_info(stage).get("version"))
+        remote = self._remote_stage(stage, self.stage_info(stage).get("version"))
+        return self.fs.get_file_info(remote).type == pafs.FileType.Directory
+
+    def _remote_stage(self, stage: str, version: str | None) -> str:
+        return f"{self._remote_root}/{stage}/v-{version}"
 
     def is_current(self, stage: str, fingerprint: str) -> bool:
         info = self.stage_info(stage)
@@ -173,7 +200,7 @@ class ArtifactStore:
             if not (marker.exists() and marker.read_text() == str(version)):
                 shutil.rmtree(local, ignore_errors=True)
                 local.mkdir(parents=True)
-                pafs.copy_files(f"{self._remote_root}/{stage}", str(local),
+                pafs.copy_files(self._remote_stage(stage, version), str(local),
                                 source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
                 marker.write_text(str(version))
         return local
@@ -183,7 +210,7 @@ class ArtifactStore:
         """Write a stage into a temp folder; commit it on success, drop it on error."""
         tmp = self.root / f"{_TMP_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
-        (tmp / ".owner").write_text(f"{socket.gethostname()}:{os.getpid()}")
+        (tmp / _OWNER).write_text(f"{socket.gethostname()}:{os.getpid()}")
         writer = StageWriter(stage, tmp)
         t0 = time.perf_counter()
         try:
@@ -191,9 +218,9 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        (tmp / ".owner").unlink()
         version = uuid.uuid4().hex[:12]
-        self._commit(stage, tmp)
+        (tmp / _VERSION).write_text(version)
+        self._commit(stage, tmp, version)
         entry = {
             "version": version,
             "fingerprint": fingerprint,
@@ -203,24 +230,33 @@ class ArtifactStore:
             **writer.info,
         }
         self.update_manifest(stages={stage: entry})
+        if self.fs is not None:
+            self._drop_remote_versions(stage, keep=version)
 
-    def _commit(self, stage: str, tmp: Path) -> None:
+    def _commit(self, stage: str, tmp: Path, version: str) -> None:
         final = self.root / stage
         if self.fs is None:
             old = self.root / f"{_OLD_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
             if final.exists():
                 final.rename(old)
             tmp.rename(final)
+            (final / _OWNER).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
             return
-        remote_tmp = f"{self._remote_root}/{_TMP_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
-        remote_final = f"{self._remote_root}/{stage}"
-        pafs.copy_files(str(tmp), remote_tmp, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
-        with contextlib.suppress(FileNotFoundError, OSError):
-            self.fs.delete_dir(remote_final)
-        self.fs.move(remote_tmp, remote_final)
+        # Remote: upload a new version beside the committed one; the manifest update commits it.
+        dest = self._remote_stage(stage, version)
+        (tmp / _OWNER).unlink(missing_ok=True)
+        self.fs.create_dir(dest, recursive=True)
+        pafs.copy_files(str(tmp), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
         shutil.rmtree(tmp, ignore_errors=True)
+
+    def _drop_remote_versions(self, stage: str, keep: str) -> None:
+        """Delete the versions of a remote stage the manifest no longer names (and killed uploads)."""
+        selector = pafs.FileSelector(f"{self._remote_root}/{stage}", allow_not_found=True)
+        with contextlib.suppress(OSError):
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.Directory and info.base_name != f"v-{keep}":
+                    self.fs.delete_dir(info.path)
 
 
 class StageWriter:
@@ -237,9 +273,9 @@ class StageWriter:
 
 def _stale(p: Path, grace_s: float = 3600.0) -> bool:
     """A temp folder whose writer is gone (same host, dead pid) or that is old."""
-    owner = p / ".owner"
+    owner = p / _OWNER
     try:
-        host, pid = owner.read_text().split(":")
+        host, pid = owner.read_text().rsplit(":", 1)
     except (OSError, ValueError):
         return time.time() - p.stat().st_mtime > grace_s
     if host != socket.gethostname():
@@ -251,6 +287,13 @@ def _stale(p: Path, grace_s: float = 3600.0) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _version_of(folder: Path) -> str | None:
+    try:
+        return (folder / _VERSION).read_text().strip()
+    except OSError:
+        return None
 
 
 def default_artifacts_dir(dataset: str | None) -> str:
