@@ -1,0 +1,1 @@
+"""The Ray Serve application: `serve run deployments.app:build_app artifacts=DIR`."""

@@ -1,0 +1,475 @@
+"""The Ray Serve application: Ingress -> CFRecall -> TailRetrieval -> CTRRanker.
+
+    serve run deployments.app:build_app artifacts=artifacts/movielens-latest-small
+    serve run deployments.app:build_app artifacts=DIR serve.topology=colocated serve.max_replicas=4
+    serve deploy deployments/serve_config.yaml
+    ltray serve --artifacts DIR
+
+The stage logic lives in `deployments.stages` (plain classes); this module only adds Ray: the
+deployments, handles between them, request batching, metrics and the FastAPI ingress. With
+`serve.topology=colocated` one `Pipeline` deployment runs the three stages in one process
+(Ingress -> Pipeline: one hop instead of three).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+from deployments.schemas import (
+    ErrorBody,
+    Health,
+    ItemsResponse,
+    Ready,
+    RecommendRequest,
+    RecommendResponse,
+    SearchRequest,
+    Segment,
+)
+from deployments.stages import (
+    Artifacts,
+    Candidates,
+    RankStage,
+    Recall,
+    RecallStage,
+    RetrievalStage,
+    artifacts_version,
+    recommendation,
+    scored_items,
+    tail_share_of,
+)
+from ltray.config import ServeConfig, load_config
+
+# Histogram buckets of request latency (ms): sub-ms stage calls up to multi-second cold starts.
+LATENCY_BUCKETS_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+_REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+class StageUnavailable(RuntimeError):
+    """A stage deployment had no live replica for a call, after the configured retries."""
+
+
+# -- metrics -------------------------------------------------------------------------------------
+class StageMetrics:
+    """Request count, latency and served tail share of one stage (Serve adds deployment/replica tags)."""
+
+    def __init__(self, stage: str):
+        from ray.serve import metrics
+
+        self.stage = stage
+        self.requests = metrics.Counter("ltray_requests", description="requests handled, by stage/route/status",
+                                        tag_keys=("stage", "route", "status"))
+        self.latency = metrics.Histogram("ltray_latency_ms", description="request latency in ms",
+                                         boundaries=LATENCY_BUCKETS_MS, tag_keys=("stage", "route"))
+        self.tail = metrics.Gauge("ltray_tail_share", description="share of tail/cold items in the last answer",
+                                  tag_keys=("stage",))
+
+    @contextlib.contextmanager
+    def timed(self, route: str):
+        t0 = time.perf_counter()
+        status = "error"
+        try:
+            yield
+            status = "ok"
+        finally:
+            tags = {"stage": self.stage, "route": route}
+            self.latency.observe((time.perf_counter() - t0) * 1e3, tags=tags)
+            self.requests.inc(tags={**tags, "status": status})
+
+    def record(self, route: str, status: int | str, ms: float) -> None:
+        self.requests.inc(tags={"stage": self.stage, "route": route, "status": str(status)})
+        self.latency.observe(ms, tags={"stage": self.stage, "route": route})
+
+    def tail_share(self, segments) -> None:
+        self.tail.set(tail_share_of(segments), tags={"stage": self.stage})
+
+
+def _part_segments(stage: RecallStage, recall: Recall):
+    import numpy as np
+
+    rows = np.concatenate([p[1] for p in recall.parts]) if recall.parts else np.zeros(0, np.int64)
+    return np.where(stage.generator.m.item_segment[rows] == 0, "head", "tail")
+
+
+def _serve_config(serve_cfg: dict | ServeConfig) -> ServeConfig:
+    return serve_cfg if isinstance(serve_cfg, ServeConfig) else ServeConfig.model_validate(serve_cfg)
+
+
+# -- stage deployments: plain stages with Ray at the edges ------------------------------------------
+class _BatchedRanking:
+    """`@serve.batch`: concurrent requests' features go through the CTR model in one forward pass."""
+
+    ranking: RankStage
+
+    def _init_batching(self, cfg: ServeConfig) -> None:
+        self._forward_batched.set_max_batch_size(cfg.max_batch_size)
+        self._forward_batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _forward_batched(self, feats: list[dict]) -> list:
+        return self.ranking.forward(feats)
+
+    async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None):
+        feats = self.ranking.features(user_id, state, cands)
+        scores = None if feats is None else await self._forward_batched(feats)
+        top = self.ranking.finish(user_id, state, cands, scores, k, tail_share)
+        share = self.ranking.default_tail_share if tail_share is None else tail_share
+        return top, share
+
+
+@serve.deployment(name="CFRecall")
+class CFRecall:
+    """ALS factors and user state; folds unseen users in from `recent_items`."""
+
+    def __init__(self, artifacts: str, serve_cfg: dict):
+        self.stage = RecallStage(Artifacts(artifacts, _serve_config(serve_cfg)))
+        self.metrics = StageMetrics("CFRecall")
+
+    def recall(self, user_id: str, recent_items: list[str] | None, exclude_seen: bool) -> Recall:
+        with self.metrics.timed("recall"):
+            out = self.stage.recall(user_id, recent_items, exclude_seen)
+        self.metrics.tail_share(_part_segments(self.stage, out))
+        return out
+
+    def ready(self) -> str:
+        return self.stage.version
+
+
+@serve.deployment(name="TailRetrieval")
+class TailRetrieval:
+    """FAISS tail/full indexes, the text->CF bridge and the query text encoder."""
+
+    def __init__(self, artifacts: str, serve_cfg: dict):
+        self.stage = RetrievalStage(Artifacts(artifacts, _serve_config(serve_cfg)))
+        self.stage.encoder  # load the encoder now, not on the first /search  # noqa: B018
+        self.metrics = StageMetrics("TailRetrieval")
+
+    def candidates(self, recall: Recall) -> Candidates:
+        with self.metrics.timed("candidates"):
+            out = self.stage.candidates(recall)
+        self.metrics.tail_share(out.table["segment"])
+        return out
+
+    def similar(self, item_id: str, k: int, segment: str | None):
+        with self.metrics.timed("similar"):
+            try:
+                return self.stage.similar(item_id, k, segment)
+            except KeyError:
+                return None
+
+    def search(self, text: str, k: int, segment: str | None):
+        with self.metrics.timed("search"):
+            return self.stage.search(text, k, segment)
+
+    def ready(self) -> str:
+        return self.stage.version
+
+
+@serve.deployment(name="CTRRanker")
+class CTRRanker(_BatchedRanking):
+    """FeatureBuilder + CTR model, batched; then the tail-aware blend and reasons."""
+
+    def __init__(self, artifacts: str, serve_cfg: dict):
+        cfg = _serve_config(serve_cfg)
+        self.ranking = RankStage(Artifacts(artifacts, cfg))
+        self._init_batching(cfg)
+        self.metrics = StageMetrics("CTRRanker")
+
+    async def rank(self, user_id: str, state, cands, k: int, tail_share: float | None):
+        with self.metrics.timed("rank"):
+            top, share = await self._rank(user_id, state, cands, k, tail_share)
+        self.metrics.tail_share(top["segment"])
+        return top, share
+
+    def ready(self) -> str:
+        return self.ranking.version
+
+
+@serve.deployment(name="Pipeline")
+class Pipeline(_BatchedRanking):
+    """All three stages in one replica (topology=colocated): no hops between them."""
+
+    def __init__(self, artifacts: str, serve_cfg: dict):
+        cfg = _serve_config(serve_cfg)
+        art = Artifacts(artifacts, cfg)
+        self.recall_stage, self.retrieval, self.ranking = RecallStage(art), RetrievalStage(art), RankStage(art)
+        self.retrieval.encoder  # noqa: B018
+        self._init_batching(cfg)
+        self.metrics = StageMetrics("Pipeline")
+
+    async def recommend(self, user_id: str, k: int, tail_share: float | None, exclude_seen: bool,
+                        recent_items: list[str] | None) -> dict[str, Any]:
+        with self.metrics.timed("recommend"):
+            recall = self.recall_stage.recall(user_id, recent_items, exclude_seen)
+            cands = self.retrieval.candidates(recall)
+            top, share = await self._rank(user_id, recall.state, cands.table, k, tail_share)
+        self.metrics.tail_share(top["segment"])
+        return recommendation(user_id, recall, cands, top, share, self.ranking.version)
+
+    def similar(self, item_id: str, k: int, segment: str | None):
+        try:
+            return self.retrieval.similar(item_id, k, segment)
+        except KeyError:
+            return None
+
+    def search(self, text: str, k: int, segment: str | None):
+        return self.retrieval.search(text, k, segment)
+
+    def ready(self) -> str:
+        return self.ranking.version
+
+
+# -- ingress ----------------------------------------------------------------------------------------
+api = FastAPI(
+    title="ltray",
+    version="0.1.0",
+    description="Long-tail recommendations: CF recall -> FAISS tail retrieval -> CTR ranking.",
+)
+_BODY_LIMIT = {"bytes": ServeConfig().max_body_bytes}  # set per replica from the config
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request body over the limit, by Content-Length or by counting a chunked body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _BODY_LIMIT["bytes"]
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _too_large(send, limit)
+        seen = 0
+        started = False
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracked_send(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+async def _too_large(send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body is over the limit of {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(StageUnavailable)
+async def _stage_unavailable(request: Request, exc: StageUnavailable):
+    return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"})
+
+
+_ERRORS = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 413: {"model": ErrorBody},
+           503: {"model": ErrorBody}}
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """HTTP in, stage calls through DeploymentHandles (with a retry when a replica dies), JSON out."""
+
+    def __init__(self, artifacts: str, serve_cfg: dict, recall=None, retrieval=None, ranker=None,
+                 pipeline=None):
+        from ltray.artifacts import ArtifactStore
+
+        self.cfg = _serve_config(serve_cfg)
+        _BODY_LIMIT["bytes"] = self.cfg.max_body_bytes
+        self.version = artifacts_version(ArtifactStore(artifacts))
+        self.recall, self.retrieval, self.ranker, self.pipeline = recall, retrieval, ranker, pipeline
+        self.metrics = StageMetrics("Ingress")
+
+    def _stages(self) -> dict[str, Any]:
+        if self.pipeline is not None:
+            return {"Pipeline": self.pipeline}
+        return {"CFRecall": self.recall, "TailRetrieval": self.retrieval, "CTRRanker": self.ranker}
+
+    async def _call(self, handle, method: str, *args):
+        """One stage call; a read, so it is retried when the replica died under it."""
+        for attempt in range(self.cfg.stage_retries + 1):
+            try:
+                return await getattr(handle, method).remote(*args)
+            except _REPLICA_GONE as e:
+                if attempt == self.cfg.stage_retries:
+                    raise StageUnavailable(f"{method}: no live replica ({type(e).__name__})") from e
+
+    def _check_k(self, k: int) -> None:
+        if k > self.cfg.max_k:
+            raise HTTPException(422, f"k={k} is over this server's limit of {self.cfg.max_k}")
+
+    @api.post("/recommend", response_model=RecommendResponse, responses=_ERRORS)
+    async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
+        """Ranked items for a user (or for a session of `recent_items`), each with segment, source and reason."""
+        t0 = time.perf_counter()
+        self._check_k(req.k)
+        if req.recent_items and len(req.recent_items) > self.cfg.max_recent_items:
+            raise HTTPException(422, f"recent_items holds {len(req.recent_items)} ids; the limit is "
+                                f"{self.cfg.max_recent_items}")
+        if self.pipeline is not None:
+            body = await self._call(self.pipeline, "recommend", req.user_id, req.k, req.tail_share,
+                                    req.exclude_seen, req.recent_items)
+        else:
+            recall = await self._call(self.recall, "recall", req.user_id, req.recent_items, req.exclude_seen)
+            cands = await self._call(self.retrieval, "candidates", recall)
+            top, share = await self._call(self.ranker, "rank", req.user_id, recall.state, cands.table, req.k,
+                                          req.tail_share)
+            body = recommendation(req.user_id, recall, cands, top, share, self.version)
+        body["version"] = self.version
+        self.metrics.tail_share([it["segment"] for it in body["items"]])
+        self.metrics.record("/recommend", 200, (time.perf_counter() - t0) * 1e3)
+        return body
+
+    @api.get("/items/{item_id}/similar", response_model=ItemsResponse, responses=_ERRORS)
+    async def similar(self, item_id: str, k: int = Query(20, ge=1, le=500),
+                      segment: Segment | None = Query(None)) -> dict[str, Any]:
+        """Items whose text is closest to this item's (optionally of one segment)."""
+        self._check_k(k)
+        handle = self.pipeline or self.retrieval
+        table = await self._call(handle, "similar", item_id, k, segment)
+        if table is None:
+            raise HTTPException(404, f"item {item_id!r} is not in the catalog")
+        return scored_items(table, self.version)
+
+    @api.post("/search", response_model=ItemsResponse, responses=_ERRORS)
+    async def search(self, req: SearchRequest) -> dict[str, Any]:
+        """Free-text search: the query is encoded with the catalog's text encoder and searched in FAISS."""
+        self._check_k(req.k)
+        if len(req.text) > self.cfg.max_text_chars:
+            raise HTTPException(422, f"text has {len(req.text)} characters; the limit is {self.cfg.max_text_chars}")
+        table = await self._call(self.pipeline or self.retrieval, "search", req.text, req.k, req.segment)
+        return scored_items(table, self.version)
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    async def readyz(self):
+        """Readiness: every stage has a live replica with the artifacts loaded, all of one version."""
+        stages: dict[str, str] = {}
+        for name, handle in self._stages().items():
+            try:
+                stages[name] = await asyncio.wait_for(handle.ready.remote(), timeout=self.cfg.ready_timeout_s)
+            except Exception as e:  # any failure here means "not ready", never a 500
+                stages[name] = f"unavailable: {type(e).__name__}"
+        ready = all(v == self.version for v in stages.values())
+        body = {"ready": ready, "version": self.version if ready else None, "stages": stages}
+        return body if ready else JSONResponse(status_code=503, content=body)
+
+
+# -- application builders ------------------------------------------------------------------------------
+def _options(cfg: ServeConfig, num_gpus: float = 0.0) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": cfg.num_cpus}
+    if num_gpus:
+        actor["num_gpus"] = num_gpus
+    return {
+        "ray_actor_options": actor,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                               "target_ongoing_requests": cfg.target_ongoing_requests},
+    }
+
+
+def serve_config_from_args(args: dict[str, Any]) -> tuple[str, ServeConfig]:
+    """`artifacts=URI` (required), `config=FILE` (optional) and `serve.field=value` overrides."""
+    args = {str(k): v for k, v in (args or {}).items()}
+    if not args.get("artifacts"):
+        raise ValueError("build_app needs artifacts=<run folder or URI>, e.g. "
+                         "serve run deployments.app:build_app artifacts=artifacts/synthetic")
+    unknown = [k for k in args if k not in ("artifacts", "config") and not k.startswith("serve.")]
+    if unknown:
+        raise ValueError(f"unknown build_app arguments {unknown}; use artifacts=, config= and serve.<field>=")
+    overrides = [f"{k}={v}" for k, v in args.items() if k.startswith("serve.")]
+    cfg = load_config(args.get("config"), overrides).serve
+    return str(args["artifacts"]), cfg
+
+
+def build_app(args: dict[str, Any]):
+    """The application builder for `serve run deployments.app:build_app artifacts=URI [serve.x=y ...]`."""
+    artifacts, cfg = serve_config_from_args(args)
+    return build(artifacts, cfg)
+
+
+def build(artifacts: str, cfg: ServeConfig | None = None):
+    cfg = cfg or ServeConfig()
+    sc = cfg.model_dump()
+    if cfg.topology == "colocated":
+        gpus = max(cfg.num_gpus_ranker, cfg.num_gpus_retrieval)
+        pipeline = Pipeline.options(**_options(cfg, gpus)).bind(artifacts, sc)
+        return Ingress.options(**_options(cfg)).bind(artifacts, sc, pipeline=pipeline)
+    recall = CFRecall.options(**_options(cfg)).bind(artifacts, sc)
+    retrieval = TailRetrieval.options(**_options(cfg, cfg.num_gpus_retrieval)).bind(artifacts, sc)
+    ranker = CTRRanker.options(**_options(cfg, cfg.num_gpus_ranker)).bind(artifacts, sc)
+    return Ingress.options(**_options(cfg)).bind(artifacts, sc, recall=recall, retrieval=retrieval, ranker=ranker)
+
+
+def start(artifacts: str, cfg: ServeConfig | None = None, blocking: bool = False) -> str:
+    """Start Serve on `cfg.host:cfg.port` (Ray must be initialised) and the app; returns its URL."""
+    cfg = cfg or ServeConfig()
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build(artifacts, cfg), name=cfg.app_name, route_prefix="/", blocking=blocking)
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def run_local(artifacts: str, cfg: ServeConfig | None = None, echo=print) -> None:
+    """`ltray serve`: a local Ray, the app, the URL printed; blocks until Ctrl-C, then shuts down."""
+    import ray
+
+    cfg = cfg or ServeConfig()
+    if cfg.port == 0:
+        cfg = cfg.model_copy(update={"port": _free_port(cfg.host)})
+    Artifacts(artifacts)  # fail fast on a missing or broken run folder, before Ray starts
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    url = start(artifacts, cfg)
+    echo(f"ltray is serving {artifacts} at {url} (API docs: {url}/docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        echo("stopping")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

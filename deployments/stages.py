@@ -1,0 +1,222 @@
+"""The three serving stages as plain classes: no Ray here, so they run (and test) in-process too.
+
+Each stage opens the artifact store at a URI and loads only what it needs:
+
+- `RecallStage` (CFRecall): ALS factors, seen items and user profiles -> user state + CF candidates;
+  fold-in of unseen users from their session items.
+- `RetrievalStage` (TailRetrieval): FAISS tail/full indexes, the text->CF bridge, the text encoder ->
+  tail and bridge candidates merged with the CF part; `/similar` and `/search`.
+- `RankStage` (CTRRanker): FeatureBuilder + CTR model -> scores -> tail-aware blend + reasons.
+
+They call the library's own pieces (`CandidateGenerator.recall_parts` / `merge_parts`, the
+`Recommender`'s scoring, `blend` and `Explainer`), so the composition gives what the in-process
+`Recommender` gives. What passes between them is a user state (one factor and one profile vector, a
+few item rows) and candidate tables of item rows and scores -- never the item matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ltray.artifacts import ArtifactStore
+from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, UserState
+from ltray.config import Config, ServeConfig
+from ltray.data.segments import HEAD
+
+Part = tuple[str, np.ndarray, np.ndarray]
+
+
+def artifacts_version(store: ArtifactStore) -> str:
+    """The version a run folder answers with (the ranker's stage version, as `load_recommender` names it)."""
+    return store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
+
+
+def tail_share_of(segments) -> float:
+    seg = np.asarray(segments)
+    return float((seg != HEAD).mean()) if len(seg) else 0.0
+
+
+class Artifacts:
+    """One run folder, read lazily: each stage touches only the files it asks for."""
+
+    def __init__(self, uri: str, serve: ServeConfig | None = None):
+        self.uri = str(uri)
+        self.store = ArtifactStore(self.uri)
+        manifest = self.store.manifest()
+        cfg = Config.model_validate(manifest.get("config", {}))
+        # Stage logic follows the config the run was fitted with; only the serve section is ours.
+        self.cfg = cfg.model_copy(update={"serve": serve}) if serve is not None else cfg
+        self.version = artifacts_version(self.store)
+
+    @cached_property
+    def items(self) -> pd.DataFrame:
+        return pq.read_table(self.store.stage_path("data") / "items.parquet").to_pandas()
+
+    @cached_property
+    def item_ids(self) -> np.ndarray:
+        return self.items["item_id"].to_numpy().astype(str)
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        from ltray.embed.stage import load_embeddings
+
+        return load_embeddings(self.store.stage_path("embed"), self.item_ids)
+
+    def models(self, faiss_indexes: bool) -> CandidateModels:
+        return CandidateModels.load(self.store.stage_path("cf"), self.store.stage_path("index"), self.item_ids,
+                                    self.vectors, faiss_indexes=faiss_indexes)
+
+
+@dataclass
+class Recall:
+    """What CFRecall hands on: the user's state (None = unknown) and the CF part of the candidates."""
+
+    state: UserState | None
+    parts: list[Part]
+    unknown_recent_items: list[str]
+
+
+@dataclass
+class Candidates:
+    table: pd.DataFrame  # item_idx, from_*, *_score, source, segment
+    fallback: bool
+
+
+class RecallStage:
+    """CFRecall: user state (known, or folded in from session items) and ALS recall."""
+
+    def __init__(self, art: Artifacts):
+        self.cfg = art.cfg
+        self.version = art.version
+        self.generator = CandidateGenerator(art.models(faiss_indexes=False), art.cfg)
+
+    def recall(self, user_id: str, recent_items: list[str] | None = None, exclude_seen: bool = True) -> Recall:
+        recent = list(recent_items or [])
+        rows = self.generator.item_rows(recent)
+        unknown = [i for i, r in zip(recent, rows, strict=True) if r < 0]
+        state = self.generator.state(user_id, recent)
+        if state is not None and not exclude_seen:
+            state = dataclasses.replace(state, seen=np.zeros(0, np.int64))
+        parts = [] if state is None else self.generator.recall_parts(state, self.cfg.blend.n_cf, 0, 0)
+        return Recall(state, parts, unknown)
+
+
+class RetrievalStage:
+    """TailRetrieval: FAISS tail search and the bridge for users; item and text queries."""
+
+    def __init__(self, art: Artifacts, encoder=None):
+        self.cfg = art.cfg
+        self.version = art.version
+        self.models = art.models(faiss_indexes=True)
+        self.generator = CandidateGenerator(self.models, art.cfg)
+        self._encoder = encoder
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from ltray.embed.encoder import TextEncoder
+
+            e = self.cfg.embed
+            self._encoder = TextEncoder(model=e.model, pooling=e.pooling, max_length=e.max_length,
+                                        dtype=e.dtype, device=e.device, threads=self.cfg.serve.encoder_threads)
+        return self._encoder
+
+    def candidates(self, recall: Recall) -> Candidates:
+        b = self.cfg.blend
+        parts = list(recall.parts)
+        if recall.state is not None:
+            parts += self.generator.recall_parts(recall.state, 0, b.n_tail, b.n_bridge)
+        table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
+        return Candidates(table, fallback=not parts)
+
+    def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
+        """Raises KeyError for an item outside the catalog."""
+        return self.generator.similar_items(item_id, k, segment)[["item_id", "score", "segment"]]
+
+    def search(self, text: str, k: int, segment: str | None = None) -> pd.DataFrame:
+        vec = self.encoder.encode([text])[0]
+        return self.generator.search_vector(vec, k, segment)[["item_id", "score", "segment"]]
+
+
+class RankStage:
+    """CTRRanker: features -> CTR model -> tail-aware blend -> reasons.
+
+    `features` and `forward` are split so that Serve can run one forward pass for many requests.
+    """
+
+    def __init__(self, art: Artifacts):
+        from ltray.rank.ranker import Ranker
+        from ltray.recommend import Explainer, Recommender
+        from ltray.text_mining import item_keywords
+
+        self.cfg = art.cfg
+        self.version = art.version
+        store = art.store
+        ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
+        blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
+        items = art.items
+        titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
+        explainer = Explainer(titles, item_keywords(items["text"].tolist()))
+        self.rec = Recommender(art.models(faiss_indexes=False), ranker, art.cfg,
+                               tail_share=blend.get("tail_share"), explainer=explainer)
+
+    @property
+    def default_tail_share(self) -> float:
+        return float(self.rec.tail_share)
+
+    def features(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> dict[str, np.ndarray] | None:
+        """Model inputs, or None where the Recommender keeps the generator's own order."""
+        from ltray.rank.features import UserState as RankUserState
+
+        if self.rec.ranker is None or state is None or len(cands) == 0:
+            return None
+        # Always pass the state: for a known, unchanged user it holds the very values the context has.
+        override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts)}
+        return self.rec.ranker.builder.build(self.rec.ctx, cands.assign(user_id=str(user_id)), override,
+                                             debias_popularity=self.cfg.rank.debias_popularity)
+
+    def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """One forward pass over the concatenated features of several requests."""
+        sizes = [len(f["dense"]) for f in batch]
+        joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
+        scores = self.rec.ranker.score_features(joined)
+        return np.split(scores, np.cumsum(sizes)[:-1])
+
+    def finish(self, user_id: str, state: UserState | None, cands: pd.DataFrame, scores: np.ndarray | None,
+               k: int, tail_share: float | None) -> pd.DataFrame:
+        if scores is None:
+            scores = self.rec.score(user_id, None, cands)  # the generator's own order
+        return self.rec.top_k(state, cands.assign(score=scores), k, tail_share)
+
+    def rank(self, user_id: str, state: UserState | None, cands: pd.DataFrame, k: int,
+             tail_share: float | None = None) -> pd.DataFrame:
+        feats = self.features(user_id, state, cands)
+        scores = None if feats is None else self.forward([feats])[0]
+        return self.finish(user_id, state, cands, scores, k, tail_share)
+
+
+def recommendation(user_id: str, recall: Recall, cands: Candidates, top: pd.DataFrame, tail_share: float,
+                   version: str) -> dict[str, Any]:
+    """The /recommend response body from the stages' outputs."""
+    items = [{"item_id": str(r.item_id), "score": float(r.score), "segment": str(r.segment),
+              "source": str(r.source), "reason": str(r.reason)} for r in top.itertuples(index=False)]
+    return {"user_id": user_id, "items": items, "fallback": cands.fallback, "tail_share": float(tail_share),
+            "unknown_recent_items": recall.unknown_recent_items, "version": version}
+
+
+def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
+    items = [{"item_id": str(r.item_id), "score": float(r.score), "segment": str(r.segment)}
+             for r in table.itertuples(index=False)]
+    return {"items": items, "version": version}
+
+
+__all__ = ["Artifacts", "Candidates", "RankStage", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
+           "artifacts_version", "recommendation", "scored_items", "tail_share_of"]
