@@ -294,6 +294,22 @@ def _read_user_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@app.command()
+@_errors_as_lines
+def serve(
+    artifacts: Annotated[str, typer.Option(help="a fitted run folder or URI")],
+    port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port; 0 = a free one)")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default serve.host)")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+):
+    """Serve a run over HTTP with Ray Serve (Ingress -> CFRecall -> TailRetrieval -> CTRRanker); blocks, Ctrl-C stops."""
+    from deployments.app import run_local
+
+    overrides = list(set_ or []) + [f"serve.{k}={v}" for k, v in (("port", port), ("host", host)) if v is not None]
+    cfg = load_config(config, overrides)
+    run_local(artifacts, cfg.serve, echo=lambda msg: out.print(msg, highlight=False, soft_wrap=True))
+
+
 def main() -> None:  # pragma: no cover - console entry for python -m
     app()
 
