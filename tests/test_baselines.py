@@ -41,10 +41,21 @@ def split(small_synthetic):
     # Text vectors for ContentKNN: LSA of the item texts (fast, deterministic, text-derived).
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
+
     tfidf = TfidfVectorizer().fit_transform(ds.items["text"])
     vectors = TruncatedSVD(48, random_state=0).fit_transform(tfidf).astype(np.float32)
-    return dict(train_df=train_df, users=users, items=items, train=train, train_ts=train_ts, test=test,
-                seg=seg, pop=pop, vectors=vectors, test_users=np.array(sorted(test)))
+    return dict(
+        train_df=train_df,
+        users=users,
+        items=items,
+        train=train,
+        train_ts=train_ts,
+        test=test,
+        seg=seg,
+        pop=pop,
+        vectors=vectors,
+        test_users=np.array(sorted(test)),
+    )
 
 
 def _assert_valid(recs, split, rows):
@@ -57,8 +68,13 @@ def _assert_valid(recs, split, rows):
 
 
 def _systems(split):
-    out = [MostPop(), ALSBaseline(factors=16, iterations=8), ItemKNN(neighbours=50), ContentKNN(90.0),
-           ALSTailQuota(split["seg"], 0.4, dict(factors=16, iterations=8), dict(half_life_days=90.0))]
+    out = [
+        MostPop(),
+        ALSBaseline(factors=16, iterations=8),
+        ItemKNN(neighbours=50),
+        ContentKNN(90.0),
+        ALSTailQuota(split["seg"], 0.4, dict(factors=16, iterations=8), dict(half_life_days=90.0)),
+    ]
     if LightFMBaseline.available():
         out.append(LightFMBaseline(None, no_components=16, epochs=3))
     return out
@@ -92,8 +108,9 @@ def test_als_beats_mostpop_on_a_temporal_holdout(split):
     def recall(model):
         model.fit(split["train"], split["vectors"], split["train_ts"])
         recs = model.recommend(split["test_users"], K)
-        return evaluate(recs, split["test"], split["seg"], split["pop"], ks=(K,),
-                        user_rows=split["test_users"])["Recall@20"]
+        return evaluate(
+            recs, split["test"], split["seg"], split["pop"], ks=(K,), user_rows=split["test_users"]
+        )["Recall@20"]
 
     # ALS tuned on a validation split carved from train, as the protocol does; popularity is strong
     # on this small Zipf catalog, so tuned ALS wins by a modest margin (about 10-20%).
@@ -132,8 +149,12 @@ def test_tail_quota_gives_the_tail_its_share_of_slots(split):
     assert (long_tail.sum(axis=1) >= 8).all()
     # The tail slots are spread: the top 10 already hold 4 of them.
     assert (long_tail[:, :10].sum(axis=1) >= 4).all()
-    als_only = ALSTailQuota(split["seg"], 0.0, dict(factors=16, iterations=8)).fit(
-        split["train"], split["vectors"], split["train_ts"])
+    # The segments may also come with fit, like the other inputs.
+    als_only = ALSTailQuota(tail_share=0.0, als_params=dict(factors=16, iterations=8)).fit(
+        split["train"], split["vectors"], split["train_ts"], item_segment=split["seg"]
+    )
+    with pytest.raises(ValueError, match="item_segment"):
+        ALSTailQuota().fit(split["train"], split["vectors"])
     plain = ALSBaseline(factors=16, iterations=8).fit(split["train"])
     assert np.array_equal(als_only.recommend(split["test_users"], K), plain.recommend(split["test_users"], K))
 
@@ -155,6 +176,10 @@ def test_tune_picks_the_grid_point_with_the_best_validation_score(split):
     scores = [t["Recall@20"] for t in res.trials]
     assert res.best_score == max(scores)
     assert res.best_params == {k: v for k, v in res.trials[int(np.argmax(scores))].items() if k in grid}
+    params, score = res  # unpacks
+    assert (params, score) == (res.best_params, res.best_score)
+    with pytest.raises(TypeError, match="metric must be a metric name"):
+        tune(ALSBaseline, grid, fit, valid, np.arange(3))
     # The validation users are all in train, and nothing of valid leaks into the fitted matrix.
     v = holdout_sets(valid_df, split["users"], split["items"])
     assert all(not np.intersect1d(items, fit[u].indices).size for u, items in v.items())

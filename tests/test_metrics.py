@@ -27,9 +27,7 @@ from ltray.eval.metrics import (
 POP = np.array([10, 6, 2, 1, 0, 1], dtype=np.float64)
 SEG = np.array([0, 0, 1, 1, 2, 1], dtype=np.int8)
 # Three users; user 2 has no test items (its list counts only for the list metrics).
-RECS = np.array([[0, 2, 4],
-                 [1, 3, -1],
-                 [5, 0, 1]], dtype=np.int64)
+RECS = np.array([[0, 2, 4], [1, 3, -1], [5, 0, 1]], dtype=np.int64)
 TEST = {0: np.array([2, 4, 1]), 1: np.array([0])}
 L3, L4 = 1 / np.log2(3), 1 / np.log2(4)  # discounts of ranks 2 and 3
 

@@ -1,0 +1,40 @@
+"""Offline evaluation: full-ranking metrics, the baselines ltray is measured against, the report."""
+
+from ltray.eval.baselines import (
+    BASELINES,
+    ALSBaseline,
+    ALSTailQuota,
+    Baseline,
+    ContentKNN,
+    ItemKNN,
+    LightFMBaseline,
+    MostPop,
+    TuneResult,
+    holdout_sets,
+    interaction_matrices,
+    text_bag_features,
+    top_k,
+    tune,
+)
+from ltray.eval.metrics import (
+    COLD_CODE,
+    HEAD_CODE,
+    TAIL_CODE,
+    decile_exposure,
+    evaluate,
+    exposure_counts,
+    gini,
+    lorenz_curve,
+    popularity_deciles,
+    segment_codes,
+    segments_from_counts,
+    to_csr,
+)
+from ltray.eval.report import write_report
+
+__all__ = [
+    "BASELINES", "COLD_CODE", "HEAD_CODE", "TAIL_CODE", "ALSBaseline", "ALSTailQuota", "Baseline", "ContentKNN",
+    "ItemKNN", "LightFMBaseline", "MostPop", "TuneResult", "decile_exposure", "evaluate", "exposure_counts", "gini",
+    "holdout_sets", "interaction_matrices", "lorenz_curve", "popularity_deciles", "segment_codes",
+    "segments_from_counts", "text_bag_features", "to_csr", "top_k", "tune", "write_report",
+]

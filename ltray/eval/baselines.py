@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ltray.eval.metrics import HEAD_CODE, evaluate, segments_from_counts
+from ltray.eval.metrics import HEAD_CODE, evaluate, segments_from_counts, to_csr
 
 DAY_S = 86_400.0
 # Users scored per block, so a (block, n_items) float32 score matrix stays small.
@@ -32,8 +32,9 @@ _USER_BLOCK = 1024
 # ----------------------------------------------------------------------------- inputs
 
 
-def interaction_matrices(interactions: pd.DataFrame, user_index: pd.Index, item_index: pd.Index,
-                         binary: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def interaction_matrices(
+    interactions: pd.DataFrame, user_index: pd.Index, item_index: pd.Index, binary: bool = False
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(weights, times) CSR matrices (n_users, n_items) from a canonical interactions table.
 
     A repeated (user, item) pair keeps its latest time and weight. Users and items are looked
@@ -44,8 +45,11 @@ def interaction_matrices(interactions: pd.DataFrame, user_index: pd.Index, item_
     if (u < 0).any() or (i < 0).any():
         raise ValueError("interactions hold user or item ids outside the given indexes")
     ts = interactions["ts"].to_numpy(np.int64)
-    w = np.ones(len(u), np.float32) if binary or "weight" not in interactions else \
-        interactions["weight"].to_numpy(np.float32)
+    w = (
+        np.ones(len(u), np.float32)
+        if binary or "weight" not in interactions
+        else interactions["weight"].to_numpy(np.float32)
+    )
     order = np.lexsort((ts, i, u))
     u, i, ts, w = u[order], i[order], ts[order], w[order]
     last = np.ones(len(u), dtype=bool)
@@ -74,8 +78,13 @@ def text_bag_features(texts: list[str], min_df: int = 2, max_features: int = 20_
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.preprocessing import normalize
 
-    vec = CountVectorizer(binary=True, min_df=min(min_df, len(texts)), max_features=max_features,
-                          stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z\-]+\b")
+    vec = CountVectorizer(
+        binary=True,
+        min_df=min(min_df, len(texts)),
+        max_features=max_features,
+        stop_words="english",
+        token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z\-]+\b",
+    )
     return normalize(vec.fit_transform(texts).astype(np.float32)).tocsr()
 
 
@@ -115,10 +124,18 @@ class Baseline:
     def available(cls) -> bool:
         return True
 
-    def fit(self, train: sp.csr_matrix, item_vectors: np.ndarray | None = None,
-            train_ts: sp.csr_matrix | None = None) -> Baseline:
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        item_vectors: np.ndarray | None = None,
+        train_ts: sp.csr_matrix | None = None,
+        item_segment: np.ndarray | None = None,
+    ) -> Baseline:
+        """item_segment (int8 codes per item) is used by the segment-aware baselines, ignored by the rest."""
         self.train = sp.csr_matrix(train, dtype=np.float32)
         self.train.eliminate_zeros()
+        if item_segment is not None:
+            self.item_segment = np.asarray(item_segment)
         self._fit(self.train, item_vectors, train_ts)
         return self
 
@@ -133,9 +150,9 @@ class Baseline:
         user_rows = np.asarray(user_rows, dtype=np.int64)
         out = np.full((len(user_rows), k), -1, dtype=np.int64)
         for lo in range(0, len(user_rows), _USER_BLOCK):
-            block = user_rows[lo:lo + _USER_BLOCK]
+            block = user_rows[lo : lo + _USER_BLOCK]
             exclude = self.train[block] if exclude_seen else None
-            out[lo:lo + len(block)] = top_k(self.scores(block), k, exclude)
+            out[lo : lo + len(block)] = top_k(self.scores(block), k, exclude)
         return out
 
 
@@ -159,10 +176,19 @@ class ALSBaseline(Baseline):
 
     name = "ALS"
 
-    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
-                 iterations: int = 15, binary: bool = False, seed: int = 0, num_threads: int = 0):
-        self.params = dict(factors=factors, regularization=regularization, alpha=alpha,
-                           iterations=iterations, binary=binary)
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 2.0,
+        iterations: int = 15,
+        binary: bool = False,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
+        self.params = dict(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, binary=binary
+        )
         self.seed, self.num_threads = seed, num_threads
 
     def _fit(self, train, item_vectors, train_ts):
@@ -175,9 +201,14 @@ class ALSBaseline(Baseline):
             m.data[:] = 1.0
         # implicit runs its own threads; a multi-threaded BLAS underneath only oversubscribes.
         with threadpool_limits(1, "blas"):
-            model = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
-                                            alpha=p["alpha"], iterations=p["iterations"],
-                                            random_state=self.seed, num_threads=self.num_threads)
+            model = AlternatingLeastSquares(
+                factors=p["factors"],
+                regularization=p["regularization"],
+                alpha=p["alpha"],
+                iterations=p["iterations"],
+                random_state=self.seed,
+                num_threads=self.num_threads,
+            )
             model.fit(m, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
@@ -261,17 +292,23 @@ class ALSTailQuota(Baseline):
 
     name = "ALS+TailQuota"
 
-    def __init__(self, item_segment: np.ndarray, tail_share: float = 0.4,
-                 als_params: Mapping[str, Any] | None = None,
-                 content_params: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        item_segment: np.ndarray | None = None,
+        tail_share: float = 0.4,
+        als_params: Mapping[str, Any] | None = None,
+        content_params: Mapping[str, Any] | None = None,
+    ):
         if not 0 <= tail_share <= 1:
             raise ValueError("tail_share must lie in [0, 1]")
-        self.item_segment = np.asarray(item_segment)
+        self.item_segment = None if item_segment is None else np.asarray(item_segment)
         self.params = dict(tail_share=tail_share)
         self.als = ALSBaseline(**dict(als_params or {}))
         self.content = ContentKNN(**dict(content_params or {}))
 
     def _fit(self, train, item_vectors, train_ts):
+        if self.item_segment is None:
+            raise ValueError("ALSTailQuota needs item_segment (constructor or fit)")
         if len(self.item_segment) != train.shape[1]:
             raise ValueError(f"item_segment has {len(self.item_segment)} items, train {train.shape[1]}")
         self.als.fit(train, item_vectors, train_ts)
@@ -287,10 +324,10 @@ class ALSTailQuota(Baseline):
         is_head = self.item_segment == HEAD_CODE
         tail_list = np.full((len(user_rows), n_tail), -1, dtype=np.int64)
         for lo in range(0, len(user_rows), _USER_BLOCK):
-            block = user_rows[lo:lo + _USER_BLOCK]
+            block = user_rows[lo : lo + _USER_BLOCK]
             s = self.content.scores(block).copy()
             s[:, is_head] = -np.inf
-            tail_list[lo:lo + len(block)] = top_k(s, n_tail, self.train[block] if exclude_seen else None)
+            tail_list[lo : lo + len(block)] = top_k(s, n_tail, self.train[block] if exclude_seen else None)
         p = np.arange(k)
         tail_slot = ((p + 1) * n_tail) // k > (p * n_tail) // k
         for r in range(len(user_rows)):
@@ -298,7 +335,7 @@ class ALSTailQuota(Baseline):
             rest = head_list[r][(head_list[r] >= 0) & ~np.isin(head_list[r], picks)]
             slots = tail_slot.copy()
             if len(picks) < n_tail:  # too few tail items: ALS fills the spare tail slots
-                slots[np.flatnonzero(slots)[len(picks):]] = False
+                slots[np.flatnonzero(slots)[len(picks) :]] = False
             out[r, slots] = picks
             n_rest = min(len(rest), int((~slots).sum()))
             out[r, np.flatnonzero(~slots)[:n_rest]] = rest[:n_rest]
@@ -313,12 +350,25 @@ class LightFMBaseline(Baseline):
 
     name = "LightFM"
 
-    def __init__(self, item_features: sp.spmatrix | None = None, no_components: int = 64,
-                 learning_rate: float = 0.05, item_alpha: float = 1e-6, epochs: int = 20,
-                 max_sampled: int = 10, seed: int = 0, num_threads: int = 2):
+    def __init__(
+        self,
+        item_features: sp.spmatrix | None = None,
+        no_components: int = 64,
+        learning_rate: float = 0.05,
+        item_alpha: float = 1e-6,
+        epochs: int = 20,
+        max_sampled: int = 10,
+        seed: int = 0,
+        num_threads: int = 2,
+    ):
         self.item_features = item_features
-        self.params = dict(no_components=no_components, learning_rate=learning_rate,
-                           item_alpha=item_alpha, epochs=epochs, max_sampled=max_sampled)
+        self.params = dict(
+            no_components=no_components,
+            learning_rate=learning_rate,
+            item_alpha=item_alpha,
+            epochs=epochs,
+            max_sampled=max_sampled,
+        )
         self.seed, self.num_threads = seed, num_threads
 
     @classmethod
@@ -332,11 +382,19 @@ class LightFMBaseline(Baseline):
         feats = sp.identity(n_items, dtype=np.float32, format="csr")
         if self.item_features is not None:
             if self.item_features.shape[0] != n_items:
-                raise ValueError(f"item_features has {self.item_features.shape[0]} rows, train {n_items} items")
+                raise ValueError(
+                    f"item_features has {self.item_features.shape[0]} rows, train {n_items} items"
+                )
             feats = sp.hstack([feats, sp.csr_matrix(self.item_features, dtype=np.float32)]).tocsr()
         p = self.params
-        model = LightFM(loss="warp", no_components=p["no_components"], learning_rate=p["learning_rate"],
-                        item_alpha=p["item_alpha"], max_sampled=p["max_sampled"], random_state=self.seed)
+        model = LightFM(
+            loss="warp",
+            no_components=p["no_components"],
+            learning_rate=p["learning_rate"],
+            item_alpha=p["item_alpha"],
+            max_sampled=p["max_sampled"],
+            random_state=self.seed,
+        )
         binary = train.copy()
         binary.data[:] = 1.0
         model.fit(binary.tocoo(), item_features=feats, epochs=p["epochs"], num_threads=self.num_threads)
@@ -351,8 +409,12 @@ class LightFMBaseline(Baseline):
 
 
 BASELINES: dict[str, type[Baseline]] = {
-    "mostpop": MostPop, "als": ALSBaseline, "itemknn": ItemKNN, "contentknn": ContentKNN,
-    "als_tail_quota": ALSTailQuota, "lightfm": LightFMBaseline,
+    "mostpop": MostPop,
+    "als": ALSBaseline,
+    "itemknn": ItemKNN,
+    "contentknn": ContentKNN,
+    "als_tail_quota": ALSTailQuota,
+    "lightfm": LightFMBaseline,
 }
 
 
@@ -366,28 +428,50 @@ class TuneResult:
     metric: str
     trials: list[dict[str, Any]] = field(default_factory=list)  # params + score + fit_s per grid point
 
+    def __iter__(self):
+        """`params, score = tune(...)` unpacks."""
+        return iter((self.best_params, self.best_score))
 
-def tune(baseline_factory: Callable[..., Baseline], grid: Mapping[str, list], train: sp.csr_matrix,
-         valid, metric: str = "Recall@20", *, item_vectors: np.ndarray | None = None,
-         train_ts: sp.csr_matrix | None = None, item_segment: np.ndarray | None = None,
-         head_share: float = 0.8, k: int | None = None) -> TuneResult:
+
+def tune(
+    baseline_factory: Callable[..., Baseline],
+    grid: Mapping[str, list],
+    train: sp.csr_matrix,
+    valid,
+    metric: str = "Recall@20",
+    *,
+    item_vectors: np.ndarray | None = None,
+    train_ts: sp.csr_matrix | None = None,
+    item_segment: np.ndarray | None = None,
+    head_share: float = 0.8,
+    k: int | None = None,
+    users: np.ndarray | None = None,
+) -> TuneResult:
     """Grid search: fit ``baseline_factory(**point)`` on ``train`` for every grid point and score
     ``metric`` on the held-out ``valid`` items ({user_row: items} or CSR). The first best point wins
-    ties. Segments default to those of ``train`` (head_share rule), as the protocol defines them."""
+    ties. Segments default to those of ``train`` (head_share rule), as the protocol defines them;
+    they are also handed to ``fit`` (for ALSTailQuota). ``users``: evaluate only these (default:
+    every user with validation items). Returns a TuneResult (unpacks as ``params, score``)."""
+    if not isinstance(metric, str):
+        raise TypeError(
+            f"metric must be a metric name such as 'Recall@20', got {type(metric).__name__}; "
+            "pass the users to score as users=..."
+        )
     keys = list(grid)
     points = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k_] for k_ in keys))]
     pop = np.asarray(train.getnnz(axis=0), dtype=np.float64)
     seg = segments_from_counts(pop, head_share) if item_segment is None else item_segment
     if k is None:
         k = int(metric.rsplit("@", 1)[1]) if "@" in metric else 20
-    from ltray.eval.metrics import to_csr
     truth = to_csr(valid, train.shape[0], train.shape[1])
-    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if users is None:
+        users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    users = np.asarray(users, dtype=np.int64)
     best: TuneResult | None = None
     trials = []
     for point in points:
         t = time.perf_counter()
-        model = baseline_factory(**point).fit(train, item_vectors, train_ts)
+        model = baseline_factory(**point).fit(train, item_vectors, train_ts, item_segment=seg)
         fit_s = time.perf_counter() - t
         score = evaluate(model.recommend(users, k), truth, seg, pop, ks=(k,), user_rows=users)[metric]
         trials.append({**point, metric: score, "fit_s": fit_s})

@@ -102,7 +102,7 @@ def _ideal_dcg(max_len: int) -> np.ndarray:
 
 
 def gini(counts: np.ndarray) -> float:
-    """Gini coefficient of non-negative counts: 0 = every item equally exposed, 1 - 1/n = one item gets all."""
+    """Gini of non-negative counts: 0 = every item equally exposed, 1 - 1/n = one item gets all."""
     x = np.sort(np.asarray(counts, dtype=np.float64))
     n, total = len(x), x.sum()
     if n == 0 or total <= 0:
@@ -118,8 +118,14 @@ def exposure_counts(recs: np.ndarray, n_items: int, k: int | None = None) -> np.
     return np.bincount(r, minlength=n_items).astype(np.int64)
 
 
-def evaluate(recs: np.ndarray, test, item_segment: np.ndarray, item_pop: np.ndarray,
-             ks: Iterable[int] = (10, 20), user_rows: np.ndarray | None = None) -> dict[str, float]:
+def evaluate(
+    recs: np.ndarray,
+    test,
+    item_segment: np.ndarray,
+    item_pop: np.ndarray,
+    ks: Iterable[int] = (10, 20),
+    user_rows: np.ndarray | None = None,
+) -> dict[str, float]:
     """Full-ranking metrics of recommendation lists against held-out items.
 
     recs: (n_lists, K) int64 item rows; list i belongs to user ``user_rows[i]`` (default: user i).
@@ -169,8 +175,10 @@ def evaluate(recs: np.ndarray, test, item_segment: np.ndarray, item_pop: np.ndar
     rec_seg = np.where(valid, item_segment[np.maximum(eval_recs, 0)], -1)
     # Test items per (evaluated user, segment).
     entry_seg = item_segment[truth.indices]
-    seg_counts = {s: np.bincount(entry_user[entry_seg == s], minlength=n_users)[with_test].astype(np.float64)
-                  for s in SEGMENT_NAMES}
+    seg_counts = {
+        s: np.bincount(entry_user[entry_seg == s], minlength=n_users)[with_test].astype(np.float64)
+        for s in SEGMENT_NAMES
+    }
     idcg = _ideal_dcg(width)
     discount = 1.0 / np.log2(np.arange(2, width + 2))
 
@@ -219,8 +227,9 @@ def popularity_deciles(item_pop: np.ndarray, n_bins: int = 10) -> np.ndarray:
     return bins
 
 
-def decile_exposure(recs: np.ndarray, item_pop: np.ndarray, k: int | None = None,
-                    n_bins: int = 10) -> np.ndarray:
+def decile_exposure(
+    recs: np.ndarray, item_pop: np.ndarray, k: int | None = None, n_bins: int = 10
+) -> np.ndarray:
     """Share of all recommended slots (top-k) that falls in each popularity decile (sums to 1)."""
     counts = exposure_counts(recs, len(item_pop), k)
     per_bin = np.bincount(popularity_deciles(item_pop, n_bins), weights=counts, minlength=n_bins)
