@@ -247,7 +247,8 @@ class ArtifactStore:
         dest = self._remote_stage(stage, version)
         (tmp / _OWNER).unlink(missing_ok=True)
         self.fs.create_dir(dest, recursive=True)
-        pafs.copy_files(str(tmp), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        pafs.copy_files(str(tmp), dest, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
         shutil.rmtree(tmp, ignore_errors=True)
 
     def _drop_remote_versions(self, stage: str, keep: str) -> None:

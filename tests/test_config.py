@@ -66,7 +66,8 @@ def test_empty_yaml_file_is_the_defaults(tmp_path):
         ("rank.hidden=[256,128,64]", "rank", "hidden", (256, 128, 64)),
         ("data.dataset=movielens-latest-small", "data", "dataset", "movielens-latest-small"),
         ("embed.model=null", "embed", "model", None),
-        ("data.text_template={title}. Genres: {genres}", "data", "text_template", "{title}. Genres: {genres}"),
+        ("data.text_template={title}. Genres: {genres}", "data", "text_template",
+         "{title}. Genres: {genres}"),
         ("data.items=/tmp/a=b.csv", "data", "items", "/tmp/a=b.csv"),  # only the first '=' splits
     ],
 )

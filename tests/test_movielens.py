@@ -77,7 +77,8 @@ def test_toy_story_text_exactly(movielens):
 
 
 def test_movie_without_genres_or_tags_has_a_plain_title(movielens):
-    movies = {r["movieId"]: r for r in csv.DictReader(open(_release_dir() / "movies.csv", encoding="utf-8"))}
+    with open(_release_dir() / "movies.csv", encoding="utf-8", newline="") as f:
+        movies = {r["movieId"]: r for r in csv.DictReader(f)}
     no_genre = next(m for m, r in movies.items() if r["genres"] == "(no genres listed)" and not
                     _expected_top_tags(m))
     text = movielens.items.set_index("item_id").loc[no_genre, "text"]

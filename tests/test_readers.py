@@ -51,7 +51,8 @@ def shop_csv(tmp_path):
 def test_column_mapping_reads_the_shop_files(shop_csv):
     items, inter = shop_csv
     cfg = DataConfig(items=str(items), interactions=str(inter), item_id_col="sku", text_col="name",
-                     user_id_col="customer", interaction_item_id_col="product", ts_col="when", weight_col="qty")
+                     user_id_col="customer", interaction_item_id_col="product", ts_col="when",
+                     weight_col="qty")
     ds = load_dataset(cfg)
     assert ds.items["item_id"].tolist() == ["A1", "B2", "C3"]  # ids are stripped
     assert ds.items["text"].tolist() == ["Red kettle", "Blue mug", "Green teapot"]
@@ -68,7 +69,8 @@ def test_column_mapping_reads_the_shop_files(shop_csv):
 def test_iso_dates_and_unix_seconds_parse_to_int64_seconds(shop_csv):
     items, inter = shop_csv
     cfg = DataConfig(items=str(items), interactions=str(inter), item_id_col="sku", text_col="name",
-                     user_id_col="customer", interaction_item_id_col="product", ts_col="when", weight_col="qty")
+                     user_id_col="customer", interaction_item_id_col="product", ts_col="when",
+                     weight_col="qty")
     ts = load_dataset(cfg).interactions["ts"].tolist()
     # A date alone is midnight UTC; a zone offset is honoured; plain numbers are Unix seconds.
     assert ts == [_utc(2021, 3, 4), _utc(2021, 3, 4, 5, 6, 7), _utc(2021, 3, 4, 5, 6, 7), 1614816000]
@@ -82,7 +84,8 @@ def test_text_template_builds_text_from_columns(shop_csv):
                      interaction_item_id_col="product", ts_col="when", weight_col="qty")
     ds = load_dataset(cfg)
     # A null field renders as an empty string, not "nan".
-    assert ds.items["text"].tolist() == ["Kettle. Genres: Kitchen|Tea", "Mug. Genres: Kitchen", "Teapot. Genres: "]
+    assert ds.items["text"].tolist() == ["Kettle. Genres: Kitchen|Tea", "Mug. Genres: Kitchen",
+                                         "Teapot. Genres: "]
     assert "name" in ds.items.columns  # the unused text column is kept as an extra
 
 
@@ -198,3 +201,22 @@ def test_unknown_items_drop_policy_drops_and_counts(tmp_path):
     ds = load_dataset(DataConfig(items=str(items), interactions=str(inter), unknown_items="drop"))
     assert ds.interactions["ts"].tolist() == [1, 4]
     assert ds.sources["dropped_unknown_items"] == 2
+
+
+def test_a_json_file_may_hold_one_array_of_objects(tmp_path):
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([{"item_id": "a", "text": "alpha"}, {"item_id": "b", "text": "beta"}]),
+                     encoding="utf-8")
+    inter = _jsonl(tmp_path / "inter.json", [{"user_id": "u", "item_id": "b", "ts": 5}])
+    ds = load_dataset(DataConfig(items=str(items), interactions=str(inter)))
+    assert ds.items["item_id"].tolist() == ["a", "b"]
+    assert ds.interactions["item_id"].tolist() == ["b"]
+
+
+def test_user_files_are_not_labelled_with_the_default_builtin_name(shop_csv, tmp_path):
+    items = _write(tmp_path / "i.csv", "item_id,text\na,x\n")
+    inter = _write(tmp_path / "l.csv", "user_id,item_id,ts\nu,a,1\n")
+    assert DataConfig().dataset == "synthetic"
+    assert load_dataset(DataConfig(items=str(items), interactions=str(inter))).name == "custom"
+    named = DataConfig(dataset="my-shop", items=str(items), interactions=str(inter))
+    assert load_dataset(named).name == "my-shop"

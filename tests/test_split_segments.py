@@ -32,7 +32,8 @@ def hand_log() -> pd.DataFrame:
     rows += [("B", "b1", 10), ("B", "b2", 20), ("B", "b3", 30), ("B", "b4", 50), ("B", "b5", 50)]
     # C: 4 items, fewer than 5 -> all train.
     rows += [("C", "c1", 1), ("C", "c2", 2), ("C", "c3", 3), ("C", "c4", 4)]
-    # D: x repeated at t=3 and t=9 counts once at t=3: 6 distinct items -> 0.2*6+0.5 = 1.7 -> 1 test (d6 at t=7).
+    # D: x repeated at t=3 and t=9 counts once at t=3: 6 distinct items -> 0.2*6+0.5 = 1.7 -> 1 test
+    # (d6 at t=7).
     rows += [("D", "x", 9), ("D", "d1", 1), ("D", "d2", 2), ("D", "x", 3), ("D", "d4", 4), ("D", "d5", 5),
              ("D", "d6", 7)]
     # E: 6 rows but only 4 distinct items -> below 5 -> all train.
@@ -67,8 +68,8 @@ def test_ties_keep_file_order(hand_log):
 
 @pytest.mark.parametrize(
     ("n", "fraction", "n_test"),
-    [(5, 0.2, 1), (7, 0.2, 1), (8, 0.2, 2), (12, 0.2, 2), (13, 0.2, 3), (20, 0.2, 4), (5, 0.5, 3), (6, 0.5, 3),
-     (7, 0.5, 4), (5, 0.01, 1)],  # max(1, floor(f*n + 0.5)); at least one test interaction
+    [(5, 0.2, 1), (7, 0.2, 1), (8, 0.2, 2), (12, 0.2, 2), (13, 0.2, 3), (20, 0.2, 4), (5, 0.5, 3),
+     (6, 0.5, 3), (7, 0.5, 4), (5, 0.01, 1)],  # max(1, floor(f*n + 0.5)); at least one test interaction
 )
 def test_test_size_per_user(n, fraction, n_test):
     log = _log([("u", f"i{k}", 100 + k) for k in range(n)])
@@ -96,7 +97,8 @@ def test_holdout_invariants_on_generated_data(small_synthetic):
     pd.testing.assert_frame_equal(test, again[1])
     # No (user, item) pair is in both, and every pair appears once.
     assert not set(_pairs(train)) & set(_pairs(test))
-    assert not train.duplicated(["user_id", "item_id"]).any() and not test.duplicated(["user_id", "item_id"]).any()
+    assert not train.duplicated(["user_id", "item_id"]).any()
+    assert not test.duplicated(["user_id", "item_id"]).any()
     # Per user, every train interaction is no later than every test interaction.
     last_train = train.groupby("user_id")["ts"].max()
     first_test = test.groupby("user_id")["ts"].min()

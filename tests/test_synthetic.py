@@ -35,7 +35,8 @@ def _top_topic_share(ds, k: int = 3) -> float:
 
 
 def test_popularity_has_a_long_tail(default_ds):
-    counts = default_ds.interactions["item_id"].value_counts().reindex(default_ds.items["item_id"], fill_value=0)
+    counts = default_ds.interactions["item_id"].value_counts()
+    counts = counts.reindex(default_ds.items["item_id"], fill_value=0)
     ranked = np.sort(counts.to_numpy())[::-1]
     top20 = ranked[: len(ranked) // 5].sum() / ranked.sum()
     assert 0.70 <= top20 <= 0.90, top20

@@ -28,7 +28,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         items = read_items(cfg.items, cfg)
         inter, stats = read_interactions(cfg.interactions, cfg, items["item_id"])
         sources = {str(f): file_sha256(f) for p in (cfg.items, cfg.interactions) for f in _files(p)}
-        ds = Dataset(name=cfg.dataset or "custom", items=strip_source_columns(items),
+        # A built-in name left in the config (the default is "synthetic") must not label a user's files.
+        name = cfg.dataset if cfg.dataset and cfg.dataset not in BUILTIN else "custom"
+        ds = Dataset(name=name, items=strip_source_columns(items),
                      interactions=strip_source_columns(inter)[["user_id", "item_id", "ts", "weight"]],
                      sources={"files": sources, **stats})
         return ds

@@ -66,7 +66,7 @@ def _not_utf8(value: object) -> bool:
 
 
 def _csv_utf8_error(path: Path, sep: str, fallback: DataError) -> DataError:
-    """Find the row(s) and column holding non-UTF-8 bytes: latin-1 keeps every byte, so the CSV parses alike."""
+    """Find the row(s) and column of non-UTF-8 bytes: latin-1 keeps every byte, so the CSV parses alike."""
     try:
         df = pd.read_csv(path, sep=sep, dtype=object, keep_default_na=False, na_values=[], encoding="latin-1")
     except (pd.errors.ParserError, pd.errors.EmptyDataError):
@@ -111,17 +111,33 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         return pajson.read_json(path).to_pandas()
     except Exception:  # pyarrow refuses mixed types and bad lines alike; the slow path tells which
         pass
+    text = raw.decode("utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        return _read_json_array(path, text)
     rows = []
-    lines = [ln for ln in enumerate(raw.decode("utf-8").splitlines(), start=1) if ln[1].strip()]
+    lines = [ln for ln in enumerate(text.splitlines(), start=1) if ln[1].strip()]
     for row, (line_no, line) in enumerate(lines, start=1):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON at line {line_no}: {e.msg}", file=str(path), rows=[row]) from None
+            raise DataError(f"malformed JSON at line {line_no}: {e.msg}", file=str(path),
+                            rows=[row]) from None
         if not isinstance(obj, dict):
             raise DataError(f"line {line_no} is not a JSON object", file=str(path), rows=[row])
         rows.append(obj)
     return pd.DataFrame(rows)
+
+
+def _read_json_array(path: Path, text: str) -> pd.DataFrame:
+    """A .json file may also hold one array of objects; row n is the n-th object."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON at line {e.lineno}: {e.msg}", file=str(path)) from None
+    bad = [i for i, obj in enumerate(data, start=1) if not isinstance(obj, dict)]
+    if bad:
+        raise DataError("each array element must be a JSON object", file=str(path), rows=bad)
+    return pd.DataFrame(data)
 
 
 def _jsonl_utf8_error(raw: bytes, err: DataError) -> DataError:
@@ -173,7 +189,8 @@ def render_template(df: pd.DataFrame, template: str, path: str | Path) -> pd.Ser
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     for f in fields:
         if f not in df.columns:
-            raise DataError(f"text template uses column '{f}', which the file lacks", file=str(path), column=f)
+            raise DataError(f"text template uses column '{f}', which the file lacks", file=str(path),
+                            column=f)
     cols = {f: df[f].astype("string").fillna("").to_numpy(dtype=object) for f in fields}
     return pd.Series([template.format_map({f: cols[f][i] for f in fields}) for i in range(len(df))],
                      index=df.index, dtype=object)
