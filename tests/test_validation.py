@@ -122,6 +122,8 @@ CASES = {
     "null timestamp, mapped": case(inter="user_id,item_id,when\nu,a,\nu,b,2021-01-01\n",
                                    cfg={"ts_col": "when"}, file="inter.csv", rows=[1], column="when",
                                    says="timestamp cannot be parsed"),
+    "millisecond timestamps": case(inter="user_id,item_id,ts\nu,a,1600000000\nu,b,1600000000000\n",
+                                   file="inter.csv", rows=[2], column="ts", says="milliseconds"),
     "boolean timestamps": case(inter=_parquet({"user_id": ["u"], "item_id": ["a"], "ts": [True]}),
                                inter_name="inter.parquet", file="inter.parquet", rows=[1], column="ts",
                                says="timestamp"),

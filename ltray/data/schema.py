@@ -19,6 +19,8 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "ts", "weight")
 SRC_FILE = "__file"
 SRC_ROW = "__row"
 _MAX_ROWS_SHOWN = 5
+# Later than this is never a time in seconds (year ~5138): it is milliseconds or finer.
+MAX_TS_SECONDS = 100_000_000_000
 
 
 class DataError(ValueError):
@@ -220,6 +222,10 @@ def validate_interactions(df: pd.DataFrame, item_ids: pd.Series | None, *,
     if bad.any():
         _fail_rows(df, bad, f"timestamp cannot be parsed (found {_first(df['ts'], bad)}; expected Unix "
                    "seconds or an ISO date)", col["ts"])
+    too_big = ts > MAX_TS_SECONDS
+    if too_big.any():
+        _fail_rows(df, too_big, f"timestamp {int(ts[too_big][0])} is past the year 5000: milliseconds or "
+                   "microseconds, not seconds?", col["ts"], hint="convert the column to Unix seconds")
     df["ts"] = ts
     w, bad = _parse_weights(df["weight"])
     if bad.any():
