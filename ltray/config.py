@@ -65,22 +65,29 @@ class CFConfig(_Section):
     factors: int = Field(64, ge=2)
     regularization: float = Field(0.05, ge=0)
     iterations: int = Field(15, ge=1)
-    alpha: float = Field(2.0, gt=0)
-    weighting: Literal["alpha", "bm25"] = "alpha"
+    alpha: float = Field(2.0, ge=0, description="confidence C = 1 + alpha * w (w after weighting)")
+    weighting: Literal["alpha", "bm25"] = Field("alpha", description="bm25: w = BM25(w) before the confidence")
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
+    use_cg: bool = Field(True, description="conjugate-gradient solver in training (fold-in is always exact)")
+    num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
+    use_gpu: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
 
 
 class IndexConfig(_Section):
     factory: str | None = Field(None, description="FAISS index_factory string; None = picked by size")
-    flat_max_items: int = 100_000
-    hnsw_max_items: int = 2_000_000
-    pq_over_items: int = 5_000_000
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    ivf_nprobe: int = 32
-    train_sample: int = 200_000
+    flat_max_items: int = Field(100_000, ge=0, description="exact Flat up to this many vectors")
+    large_kind: Literal["ivf", "hnsw"] = Field("ivf", description="above flat_max_items: IVF-Flat or HNSW")
+    pq_over_items: int = Field(5_000_000, ge=0, description="IVF-PQ above this many vectors")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF cells; None = about 4*sqrt(n), a power of 2")
+    ivf_nprobe: int = Field(32, ge=1)
+    ivf_min_points_per_cell: int = Field(39, ge=1, description="caps nlist so k-means has enough points")
+    pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (8 bits each); None = dim/4")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(40, ge=8)
+    hnsw_ef_search: int = Field(128, ge=1)
+    train_sample: int = Field(200_000, ge=1000, description="vectors sampled to train IVF / PQ")
     use_gpu: Literal["auto", "never", "always"] = "auto"
     bridge_l2: float = Field(1.0, ge=0, description="ridge penalty of the text->CF bridge")
     profile_half_life_days: float = Field(180.0, gt=0)
