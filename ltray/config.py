@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Section(BaseModel):
@@ -98,25 +98,53 @@ class IndexConfig(_Section):
 class RankConfig(_Section):
     negatives_per_positive: int = Field(4, ge=1)
     negative_mix: tuple[float, float, float] = Field((0.4, 0.3, 0.3), description="random, popular, hard")
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    id_buckets: int = Field(50_000, ge=16)
+    popularity_exponent: float = Field(0.75, ge=0, description="popular negatives are drawn ~ count**this")
+    negative_redraws: int = Field(8, ge=0, description="redraws of a negative that hit a positive, then dropped")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="latest share of interactions that validates")
+    id_buckets: int = Field(50_000, ge=16, description="hash buckets of each of the user and item id tables")
     id_dim: int = Field(16, ge=2)
-    text_dim: int = Field(32, ge=2)
+    text_dim: int = Field(32, ge=2, description="PCA dims of item text vectors and user profiles")
+    scaler_sample_pairs: int = Field(20_000, ge=100, description="random pairs for dense stats when no table")
     hidden: tuple[int, ...] = (128, 64)
     cross_layers: int = Field(2, ge=0)
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(1024, ge=8)
+    batch_size: int = Field(1024, ge=8, description="global batch; each of N workers takes batch_size // N")
+    materialize_max_mb: float = Field(
+        512.0, ge=0, description="sample sets up to this size are read once into the object store, not per epoch")
+    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer rows per worker; 0 = off")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
     num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs reserved per Train worker; None = share what data_cpus leaves, at most 1")
+    data_cpus: float = Field(1.0, ge=0, description="CPUs left free for Ray Data reads while training")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per Train worker")
     use_gpu: Literal["auto", "never", "always"] = "auto"
     early_stopping_patience: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     storage_path: str | None = Field(None, description="Ray Train storage; None = <artifacts>/_train")
-    debias_popularity: bool = False
-    text_tower: Literal["frozen", "top_layers", "lora"] = "frozen"
+    run_name: str | None = Field(None, description="Ray Train run name; None = a fresh unique name")
+    fail_at_step: int | None = Field(None, ge=0, description="test hook: rank 1 raises at this step, first try")
+    debias_popularity: bool = Field(False, description="score with the popularity feature fixed to its mean")
+    text_tower: Literal["frozen", "top_layers", "lora"] = Field(
+        "frozen", description="only 'frozen' (precomputed text vectors) is implemented")
     text_tower_layers: int = Field(1, ge=1)
     seed: int = 0
+
+    @field_validator("text_tower")
+    @classmethod
+    def _only_frozen_tower(cls, v: str) -> str:
+        if v != "frozen":
+            raise ValueError(f"rank.text_tower={v!r} is not implemented yet; only 'frozen' works "
+                             "(the ranker uses the precomputed item text vectors)")
+        return v
+
+    @field_validator("negative_mix")
+    @classmethod
+    def _mix_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"rank.negative_mix {v} must be three shares >= 0 that sum to 1")
+        return v
 
 
 class BlendConfig(_Section):
