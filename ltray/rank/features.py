@@ -1,0 +1,363 @@
+"""Ranking features: one ``FeatureBuilder`` for training, offline evaluation and Serve.
+
+Everything the ranker knows about a (user, item) pair is computed here, from a
+``FeatureContext`` (per-item and per-user arrays aligned to the catalog / user
+order) and a candidate table. Training precomputes these features once and
+writes them to Parquet; scoring calls the very same ``build``. There is no
+second copy of the logic.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ltray.config import RankConfig
+
+FEATURE_VERSION = 1
+SOURCE_FLAGS = ("from_cf", "from_tail", "from_bridge", "from_pop")
+SEGMENT_NAMES = ("head", "tail", "cold")
+SEGMENT_CODES = {"head": 0, "tail": 1, "cold": 2}
+SPEC_FILE = "feature_spec.json"
+STATE_FILE = "features.npz"
+DAY_S = 86_400.0
+_EPS = 1e-8
+
+
+class FeatureSpecError(ValueError):
+    """Features that do not match what a model was trained on."""
+
+
+@dataclass
+class UserState:
+    """What the ranker needs to know about one user; lets Serve score users unknown to the context."""
+
+    factor: np.ndarray  # (f,) ALS user factor (zeros when unknown)
+    profile: np.ndarray  # (d,) recency-weighted text profile
+    n: float = 0.0  # training interactions
+    last_ts: int | None = None  # last interaction time; None = now
+
+
+@dataclass
+class FeatureContext:
+    """Per-item and per-user arrays, built once from artifacts. Items follow catalog row order."""
+
+    item_ids: np.ndarray
+    item_vectors: np.ndarray  # float32 (n_items, d), L2-normalised
+    item_factors: np.ndarray  # float32 (n_items, f), zero rows for cold items
+    item_bridge: np.ndarray  # float32 (n_items, f), text->CF prediction
+    item_pop: np.ndarray  # float32 (n_items,), training interaction counts
+    item_segment: np.ndarray  # int8 (n_items,), 0 head 1 tail 2 cold
+    user_ids: np.ndarray
+    user_factors: np.ndarray  # float32 (n_users, f)
+    user_profiles: np.ndarray  # float32 (n_users, d)
+    user_n: np.ndarray  # float32 (n_users,)
+    user_last_ts: np.ndarray  # int64 (n_users,)
+    now_ts: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, m = len(self.item_ids), len(self.user_ids)
+        for name in ("item_vectors", "item_factors", "item_bridge", "item_pop", "item_segment"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"FeatureContext.{name} has {len(getattr(self, name))} rows, expected {n}")
+        for name in ("user_factors", "user_profiles", "user_n", "user_last_ts"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"FeatureContext.{name} has {len(getattr(self, name))} rows, expected {m}")
+        if self.item_factors.shape[1] != self.user_factors.shape[1]:
+            raise ValueError("item and user factors differ in width")
+        if self.item_vectors.shape[1] != self.user_profiles.shape[1]:
+            raise ValueError("item vectors and user profiles differ in width")
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {str(u): i for i, u in enumerate(self.user_ids)}
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {str(x): i for i, x in enumerate(self.item_ids)}
+
+    @cached_property
+    def item_hash(self) -> np.ndarray:
+        """Raw 32-bit hashes of every item id (bucketed by the builder)."""
+        return stable_hash(self.item_ids)
+
+    @classmethod
+    def from_training(cls, item_ids, train: pd.DataFrame, item_vectors: np.ndarray, item_factors: np.ndarray,
+                      item_bridge: np.ndarray, user_ids, user_factors: np.ndarray, user_profiles: np.ndarray,
+                      head_share: float = 0.8, now_ts: int | None = None) -> FeatureContext:
+        """Counts, segments, activity and recency from the training interactions (user_id, item_id, ts)."""
+        from ltray.data.segments import compute_segments
+
+        item_ids = np.asarray(item_ids).astype(str)
+        user_ids = np.asarray(user_ids).astype(str)
+        seg = compute_segments(item_ids, train, head_share)
+        counts = seg.table["count"].to_numpy(dtype=np.float32)
+        segment = seg.table["segment"].map(SEGMENT_CODES).to_numpy(dtype=np.int8)
+        by_user = train.groupby("user_id")["ts"].agg(["size", "max"])
+        by_user = by_user.reindex(pd.Index(user_ids))
+        user_n = by_user["size"].fillna(0).to_numpy(dtype=np.float32)
+        now = int(train["ts"].max()) if now_ts is None else int(now_ts)
+        last = by_user["max"].fillna(now).to_numpy(dtype=np.int64)
+        return cls(item_ids=item_ids, item_vectors=np.asarray(item_vectors, np.float32),
+                   item_factors=np.asarray(item_factors, np.float32),
+                   item_bridge=np.asarray(item_bridge, np.float32), item_pop=counts, item_segment=segment,
+                   user_ids=user_ids, user_factors=np.asarray(user_factors, np.float32),
+                   user_profiles=np.asarray(user_profiles, np.float32), user_n=user_n, user_last_ts=last,
+                   now_ts=now)
+
+
+def stable_hash(ids) -> np.ndarray:
+    """CRC32 of each id string as int64: stable across processes and runs (unlike hash())."""
+    ids = np.asarray(ids).astype(str)
+    uniq, inv = np.unique(ids, return_inverse=True)
+    h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in uniq), dtype=np.int64, count=len(uniq))
+    return h[inv.reshape(-1)]
+
+
+def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray, overrides: dict[str, UserState] | None):
+    """Per-row user factor, profile, activity and last time; overrides win, unknown users are cold."""
+    uniq, inv = np.unique(user_ids, return_inverse=True)
+    f, d = ctx.user_factors.shape[1], ctx.user_profiles.shape[1]
+    fac = np.zeros((len(uniq), f), np.float32)
+    prof = np.zeros((len(uniq), d), np.float32)
+    n = np.zeros(len(uniq), np.float32)
+    last = np.full(len(uniq), ctx.now_ts, np.int64)
+    overrides = overrides or {}
+    for j, u in enumerate(uniq):
+        state = overrides.get(u)
+        if state is not None:
+            fac[j] = np.asarray(state.factor, np.float32).reshape(f)
+            prof[j] = np.asarray(state.profile, np.float32).reshape(d)
+            n[j] = state.n
+            last[j] = ctx.now_ts if state.last_ts is None else state.last_ts
+            continue
+        row = ctx.user_index.get(u)
+        if row is not None:
+            fac[j], prof[j] = ctx.user_factors[row], ctx.user_profiles[row]
+            n[j], last[j] = ctx.user_n[row], ctx.user_last_ts[row]
+    return fac, prof, n, last, uniq, inv.reshape(-1)
+
+
+class FeatureBuilder:
+    """Fit once on training items; ``build`` turns a candidate table into model inputs."""
+
+    def __init__(self, cfg: RankConfig):
+        self.id_buckets = cfg.id_buckets
+        self.text_dim = cfg.text_dim
+        self.scaler_sample_pairs = cfg.scaler_sample_pairs
+        self.seed = cfg.seed
+        self.pca_mean: np.ndarray | None = None  # (d,)
+        self.pca_components: np.ndarray | None = None  # (d, k)
+        self.dense_mean: np.ndarray | None = None  # (F,)
+        self.dense_std: np.ndarray | None = None  # (F,)
+        self.text_in_dim: int | None = None
+        self.factor_dim: int | None = None
+
+    # -- layout -------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.pca_components is not None and self.dense_mean is not None
+
+    @property
+    def reduced_dim(self) -> int:
+        if self.pca_components is None:
+            raise RuntimeError("FeatureBuilder is not fitted")
+        return int(self.pca_components.shape[1])
+
+    def dense_names(self) -> list[str]:
+        k = self.reduced_dim
+        return ([f"item_text_{i}" for i in range(k)] + [f"user_text_{i}" for i in range(k)]
+                + ["profile_cosine", "als_score", "bridge_score", *SOURCE_FLAGS, "log_item_pop"]
+                + [f"segment_{s}" for s in SEGMENT_NAMES] + ["log_user_n", "log_days_since_last"])
+
+    def _unscaled_mask(self) -> np.ndarray:
+        """Flags and one-hots stay 0/1: standardising them adds nothing."""
+        names = self.dense_names()
+        keep = set(SOURCE_FLAGS) | {f"segment_{s}" for s in SEGMENT_NAMES}
+        return np.array([n in keep for n in names])
+
+    @property
+    def pop_column(self) -> int:
+        return self.dense_names().index("log_item_pop")
+
+    # -- fit ----------------------------------------------------------------------
+    def fit(self, ctx: FeatureContext, train_item_idx, table: pd.DataFrame | None = None) -> FeatureBuilder:
+        """PCA of text vectors on training items only; dense stats on ``table`` or on random pairs."""
+        idx = np.unique(np.asarray(train_item_idx, dtype=np.int64))
+        if len(idx) < 2:
+            raise ValueError("FeatureBuilder.fit needs at least two training items")
+        x = ctx.item_vectors[idx].astype(np.float64)
+        self.pca_mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - self.pca_mean, full_matrices=False)
+        k = min(self.text_dim, vt.shape[0])
+        comps = vt[:k].T
+        # Fix each component's sign so a refit on the same data gives the same features.
+        signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
+        self.pca_components = (comps * np.where(signs == 0, 1.0, signs)).astype(np.float32)
+        self.pca_mean = self.pca_mean.astype(np.float32)
+        self.text_in_dim = int(ctx.item_vectors.shape[1])
+        self.factor_dim = int(ctx.item_factors.shape[1])
+        if table is None:
+            rng = np.random.default_rng(self.seed)
+            m = self.scaler_sample_pairs
+            users = ctx.user_ids[rng.integers(len(ctx.user_ids), size=m)] if len(ctx.user_ids) else np.array(
+                ["?"] * m)
+            table = pd.DataFrame({"user_id": users, "item_idx": idx[rng.integers(len(idx), size=m)]})
+        raw = self._raw_dense(ctx, table, None, False)
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        std = np.where(std < 1e-6, 1.0, std)
+        unscaled = self._unscaled_mask()
+        mean[unscaled], std[unscaled] = 0.0, 1.0
+        self.dense_mean, self.dense_std = mean.astype(np.float32), std.astype(np.float32)
+        return self
+
+    # -- build --------------------------------------------------------------------
+    def _raw_dense(self, ctx: FeatureContext, table: pd.DataFrame, users_override, debias: bool) -> np.ndarray:
+        item_idx = table["item_idx"].to_numpy(dtype=np.int64)
+        if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= ctx.n_items):
+            raise ValueError(f"item_idx out of range [0, {ctx.n_items})")
+        user_ids = table["user_id"].astype(str).to_numpy()
+        fac, prof, n, last, _, inv = _user_arrays(ctx, user_ids, users_override)
+        # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
+        # not depend on which other rows it is built with (training bulk vs one Serve request).
+        v = ctx.item_vectors[item_idx].astype(np.float64)
+        p = prof[inv].astype(np.float64)
+        comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
+        item_text = (v - mean) @ comps
+        user_text = (prof.astype(np.float64) - mean) @ comps
+        cos = (p * v).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(v, axis=1) + _EPS)
+        uf = fac[inv].astype(np.float64)
+        als = (uf * ctx.item_factors[item_idx]).sum(1)
+        bridge = (uf * ctx.item_bridge[item_idx]).sum(1)
+        flags = np.stack([table[c].to_numpy(dtype=np.float32) if c in table else np.zeros(len(table), np.float32)
+                          for c in SOURCE_FLAGS], axis=1)
+        log_pop = np.log1p(ctx.item_pop[item_idx].astype(np.float64))
+        if debias:
+            log_pop = np.full_like(log_pop, self._pop_constant())
+        seg = np.eye(len(SEGMENT_NAMES), dtype=np.float32)[ctx.item_segment[item_idx].astype(np.int64)]
+        days = np.maximum(ctx.now_ts - last, 0).astype(np.float64) / DAY_S
+        cols = [item_text, user_text[inv], cos[:, None], als[:, None], bridge[:, None], flags, log_pop[:, None],
+                seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
+        return np.concatenate([np.asarray(c, np.float64).reshape(len(table), -1) for c in cols], axis=1)
+
+    def _pop_constant(self) -> float:
+        # The training mean of log-popularity: after standardisation the column is exactly 0.
+        if self.dense_mean is None:
+            raise RuntimeError("FeatureBuilder is not fitted")
+        return float(self.dense_mean[self.pop_column])
+
+    def build(self, ctx: FeatureContext, table: pd.DataFrame, users_override: dict[str, UserState] | None = None,
+              debias_popularity: bool = False) -> dict[str, np.ndarray]:
+        """Model inputs for every row of ``table`` (user_id, item_idx, from_* flags).
+
+        ``users_override`` maps user ids to ``UserState`` for users the context does not know
+        (or knows only stale). ``debias_popularity`` fixes log-popularity to its training mean.
+        """
+        if not self.fitted:
+            raise RuntimeError("FeatureBuilder is not fitted; call fit() or load()")
+        if ctx.item_vectors.shape[1] != self.text_in_dim or ctx.item_factors.shape[1] != self.factor_dim:
+            raise FeatureSpecError(
+                f"context widths (text {ctx.item_vectors.shape[1]}, factors {ctx.item_factors.shape[1]}) differ "
+                f"from the fitted builder (text {self.text_in_dim}, factors {self.factor_dim})")
+        raw = self._raw_dense(ctx, table, users_override, debias_popularity)
+        dense = ((raw - self.dense_mean.astype(np.float64)) / self.dense_std).astype(np.float32)
+        users = table["user_id"].astype(str).to_numpy()
+        item_idx = table["item_idx"].to_numpy(dtype=np.int64)
+        return {
+            "user_hash": stable_hash(np.char.add("u:", users)) % self.id_buckets,
+            "item_hash": ctx.item_hash[item_idx] % self.id_buckets,
+            "dense": dense,
+        }
+
+    # -- spec and persistence ------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        return {
+            "version": FEATURE_VERSION,
+            "dense_names": self.dense_names(),
+            "n_dense": len(self.dense_names()),
+            "text_in_dim": self.text_in_dim,
+            "text_dim": self.reduced_dim,
+            "factor_dim": self.factor_dim,
+            "id_buckets": self.id_buckets,
+            "id_hash": "crc32",
+            "pop_constant": self._pop_constant(),
+        }
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / STATE_FILE, pca_mean=self.pca_mean, pca_components=self.pca_components,
+                 dense_mean=self.dense_mean, dense_std=self.dense_std)
+        (out / SPEC_FILE).write_text(json.dumps(self.spec(), indent=2))
+
+    @classmethod
+    def load(cls, in_dir: str | Path) -> FeatureBuilder:
+        d = Path(in_dir)
+        if not (d / SPEC_FILE).exists() or not (d / STATE_FILE).exists():
+            raise FileNotFoundError(f"{d} has no {SPEC_FILE} / {STATE_FILE}")
+        spec = json.loads((d / SPEC_FILE).read_text())
+        if spec.get("version") != FEATURE_VERSION:
+            raise FeatureSpecError(f"{d / SPEC_FILE}: feature version {spec.get('version')} is not "
+                                   f"{FEATURE_VERSION}, which this code builds")
+        b = cls(RankConfig(id_buckets=spec["id_buckets"], text_dim=spec["text_dim"]))
+        with np.load(d / STATE_FILE, allow_pickle=False) as z:
+            b.pca_mean, b.pca_components = z["pca_mean"], z["pca_components"]
+            b.dense_mean, b.dense_std = z["dense_mean"], z["dense_std"]
+        b.text_in_dim, b.factor_dim = spec["text_in_dim"], spec["factor_dim"]
+        if b.spec() != spec:
+            raise FeatureSpecError(f"{d}: {SPEC_FILE} does not describe {STATE_FILE}: "
+                                   f"{spec_difference(spec, b.spec())}")
+        return b
+
+
+def spec_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
+    """A short human account of how two feature specs differ."""
+    parts = []
+    for k in sorted(set(expected) | set(got)):
+        a, b = expected.get(k), got.get(k)
+        if a != b:
+            if isinstance(a, list) and isinstance(b, list):
+                parts.append(f"{k}: {len(a)} names vs {len(b)}, first difference "
+                             f"{next(((x, y) for x, y in zip(a, b, strict=False) if x != y), 'in length')}")
+            else:
+                parts.append(f"{k}: {a!r} vs {b!r}")
+    return "; ".join(parts) or "no difference"
+
+
+# -- Parquet form of built features (what training streams) ---------------------------
+def features_to_arrow(feats: dict[str, np.ndarray], label: np.ndarray | None = None) -> pa.Table:
+    dense = np.ascontiguousarray(feats["dense"], dtype=np.float32)
+    cols = {
+        "user_hash": pa.array(feats["user_hash"].astype(np.int64)),
+        "item_hash": pa.array(feats["item_hash"].astype(np.int64)),
+        "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense.reshape(-1)), dense.shape[1]),
+    }
+    if label is not None:
+        cols["label"] = pa.array(np.asarray(label, np.float32))
+    return pa.table(cols)
+
+
+def arrow_to_features(table: pa.Table) -> dict[str, np.ndarray]:
+    dense_col = table.column("dense").combine_chunks()
+    width = dense_col.type.list_size
+    out = {
+        "user_hash": table.column("user_hash").to_numpy(),
+        "item_hash": table.column("item_hash").to_numpy(),
+        "dense": dense_col.flatten().to_numpy().reshape(-1, width),
+    }
+    if "label" in table.column_names:
+        out["label"] = table.column("label").to_numpy()
+    return out

@@ -1,0 +1,353 @@
+"""Data-parallel CTR training with Ray Train (TorchTrainer + DDP). The only rank module that imports ray.
+
+Features are built once on the driver with the FeatureBuilder and written as Parquet next
+to the Ray Train storage, so workers (on any node) stream plain tensors and do no feature work.
+Each epoch every worker scores the whole validation set (identical weights give identical
+scores, so the AUC is exact and the same on every rank), rank 0 writes a checkpoint
+(safetensors + feature spec + config + optimizer state) and early stopping watches
+validation AUC. A restarted worker group resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import log_loss, roc_auc_score
+
+from ltray.config import RankConfig
+from ltray.rank.features import FeatureBuilder, FeatureContext, features_to_arrow
+from ltray.rank.model import WEIGHTS_FILE, CTRModel, bce_loss, load_model, save_model
+from ltray.rank.ranker import RANK_CONFIG_FILE
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAIN_STATE_FILE = "train_state.json"
+METRICS_FILE = "rank.json"
+FAIL_MARKER = "_fail_hook_fired"
+ROWS_PER_FILE = 65_536  # several Parquet files, so the dataset splits into blocks across workers
+
+
+class TrainError(RuntimeError):
+    """Ray Train could not produce a model."""
+
+
+# -- storage helpers (local folder or any pyarrow URI) --------------------------------------
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _join(uri: str, *parts: str) -> str:
+    if "://" not in uri:
+        return str(Path(uri).expanduser().resolve().joinpath(*parts))
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFrame, uri: str) -> int:
+    """Build features for a labelled sample table and write them as Parquet parts under ``uri``."""
+    fs, root = _fs(uri)
+    fs.create_dir(root, recursive=True)
+    n = len(table)
+    for part, start in enumerate(range(0, max(n, 1), ROWS_PER_FILE)):
+        chunk = table.iloc[start:start + ROWS_PER_FILE]
+        feats = builder.build(ctx, chunk)
+        pq.write_table(features_to_arrow(feats, chunk["label"].to_numpy(np.float32)),
+                       f"{root}/part-{part:05d}.parquet", filesystem=fs)
+    return n
+
+
+def _dataset(uri: str, cfg: RankConfig):
+    """A Ray Dataset over the Parquet parts; small ones are read once instead of once per epoch."""
+    import ray
+
+    ds = ray.data.read_parquet(uri)
+    fs, root = _fs(uri)
+    size = sum(f.size for f in fs.get_file_info(pafs.FileSelector(root)) if f.type == pafs.FileType.File)
+    return ds.materialize() if size <= cfg.materialize_max_mb * 2**20 else ds
+
+
+def resolve_use_gpu(cfg: RankConfig) -> bool:
+    import ray
+
+    if cfg.use_gpu == "never":
+        return False
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.use_gpu == "always":
+        if gpus < cfg.num_workers:
+            raise TrainError(f"rank.use_gpu=always but the cluster has {gpus:g} GPUs for {cfg.num_workers} workers")
+        return True
+    return gpus >= cfg.num_workers
+
+
+def worker_cpus(cfg: RankConfig) -> float:
+    """CPUs per worker: what is left after ``data_cpus`` (Ray Data's reads need a CPU, or they hang)."""
+    import ray
+
+    if cfg.cpus_per_worker is not None:
+        return cfg.cpus_per_worker
+    free = ray.cluster_resources().get("CPU", 1.0) - cfg.data_cpus
+    share = free / cfg.num_workers
+    if share <= 0:
+        raise TrainError(f"the cluster has no CPU left for {cfg.num_workers} workers after rank.data_cpus="
+                         f"{cfg.data_cpus}; lower rank.num_workers or rank.data_cpus")
+    return round(min(1.0, share), 3)
+
+
+# -- checkpoint files ------------------------------------------------------------------------
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> list[dict[str, Any]]:
+    """Adam state as safetensors (no pickle); param groups come back as JSON-able dicts."""
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{name}": t.detach().cpu().contiguous().reshape(t.shape)
+               for pid, st in sd["state"].items() for name, t in st.items() if torch.is_tensor(t)}
+    save_file(tensors, str(path))
+    return [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path, groups: list[dict[str, Any]]) -> None:
+    flat = load_file(str(path))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in flat.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = t
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _write_checkpoint(d: Path, model: CTRModel, opt: torch.optim.Optimizer, builder: FeatureBuilder,
+                      cfg: RankConfig, state: dict[str, Any]) -> None:
+    spec = builder.spec()
+    save_model(model, d, spec)
+    builder.save(d)
+    (d / RANK_CONFIG_FILE).write_text(json.dumps(json.loads(cfg.model_dump_json()), indent=2))
+    groups = _save_optimizer(opt, d / OPTIMIZER_FILE)
+    (d / TRAIN_STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=2))
+
+
+# -- the per-worker loop ---------------------------------------------------------------------
+def _gather(x: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, x)
+    return np.concatenate(parts)
+
+
+def _broadcast_flag(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _safe_metrics(labels: np.ndarray, preds: np.ndarray) -> tuple[float, float]:
+    p = np.clip(preds.astype(np.float64), 1e-7, 1 - 1e-7)
+    auc = float(roc_auc_score(labels, p)) if 0 < labels.sum() < len(labels) else float("nan")
+    return float(log_loss(labels, p, labels=[0, 1])), auc
+
+
+def _fail_hook(config: dict[str, Any], step: int, rank: int, world: int) -> None:
+    """Test hook: rank 1 raises once at ``fail_at_step``; a marker in storage stops it on the retry."""
+    at = config.get("fail_at_step")
+    if at is None or step != at or rank != min(1, world - 1):
+        return
+    fs, marker = _fs(config["fail_marker"])
+    if fs.get_file_info(marker).type != pafs.FileType.NotFound:
+        return
+    with fs.open_output_stream(marker) as f:
+        f.write(f"fired at step {step} on rank {rank}".encode())
+    raise RuntimeError(f"test hook: rank {rank} fails at step {step} (rank.fail_at_step)")
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = RankConfig.model_validate(config["rank"])
+    builder: FeatureBuilder = config["builder"]
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    model = CTRModel.for_features(builder.spec(), cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
+                             "resumes": 0, "history": []}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            resumed, _ = load_model(d / WEIGHTS_FILE)
+            model.load_state_dict(resumed.state_dict())
+            saved = json.loads((d / TRAIN_STATE_FILE).read_text())
+            _load_optimizer(opt, d / OPTIMIZER_FILE, saved.pop("param_groups"))
+            state = {**saved, "resumes": saved["resumes"] + 1}
+    ddp = ray.train.torch.prepare_model(model)
+    per_worker_batch = max(1, cfg.batch_size // world)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    dtypes = {"user_hash": torch.int64, "item_hash": torch.int64, "dense": torch.float32, "label": torch.float32}
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        ddp.train()
+        t_data = t_compute = 0.0
+        n_seen = 0
+        preds, labels = [], []
+        t_epoch = time.perf_counter()
+        t0 = time.perf_counter()
+        for batch in train_shard.iter_torch_batches(batch_size=per_worker_batch, dtypes=dtypes, device=device,
+                                                    local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+                                                    local_shuffle_seed=cfg.seed + epoch if cfg.shuffle_buffer
+                                                    else None):
+            t1 = time.perf_counter()
+            t_data += t1 - t0
+            _fail_hook(config, state["step"], rank, world)
+            logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"])
+            loss = bce_loss(logits, batch["label"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            n_seen += len(logits)
+            preds.append(torch.sigmoid(logits.detach()).cpu().numpy())
+            labels.append(batch["label"].cpu().numpy())
+            t0 = time.perf_counter()
+            t_compute += t0 - t1
+        t_train = time.perf_counter() - t_epoch
+
+        train_logloss, train_auc = _safe_metrics(_gather(np.concatenate(labels), world),
+                                                 _gather(np.concatenate(preds), world))
+        n_total = int(_gather(np.array([n_seen]), world).sum())
+        # Every rank scores all of validation: same weights, same scores, an exact AUC everywhere.
+        ddp.eval()
+        vp, vl = [], []
+        with torch.inference_mode():
+            for batch in val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 4096), dtypes=dtypes,
+                                                      device=device):
+                vp.append(torch.sigmoid(model(batch["user_hash"], batch["item_hash"], batch["dense"])).cpu().numpy())
+                vl.append(batch["label"].cpu().numpy())
+        val_logloss, val_auc = _safe_metrics(np.concatenate(vl), np.concatenate(vp))
+
+        improved = val_auc > state["best_val_auc"]
+        if improved:
+            state["best_val_auc"], state["best_epoch"], state["bad_epochs"] = val_auc, epoch, 0
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        metrics = {"epoch": epoch, "train_logloss": train_logloss, "train_auc": train_auc,
+                   "val_logloss": val_logloss, "val_auc": val_auc, "best_val_auc": state["best_val_auc"],
+                   "best_epoch": state["best_epoch"], "step": state["step"], "resumes": state["resumes"],
+                   "train_samples": n_total, "train_seconds": t_train, "samples_per_s": n_total / max(t_train, 1e-9),
+                   "data_seconds": t_data, "compute_seconds": t_compute, "world_size": world}
+        state["history"].append(metrics)
+        stop = state["bad_epochs"] >= cfg.early_stopping_patience
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                _write_checkpoint(Path(tmp), model, opt, builder, cfg, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"epoch_{epoch:04d}")
+        else:
+            ray.train.report(metrics, checkpoint=None)
+        if _broadcast_flag(stop, world):
+            break
+
+
+# -- the driver ------------------------------------------------------------------------------
+def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext, builder: FeatureBuilder,
+              cfg: RankConfig, out_dir: str | Path, storage_path: str | None = None,
+              test_hook: int | None = None) -> dict[str, Any]:
+    """Train the CTR model on labelled sample tables; the best epoch lands in ``out_dir``.
+
+    ``train_df`` / ``val_df``: user_id, item_idx, from_* flags, label (validation later in time).
+    ``builder`` is fitted here on the training items if it is not yet. ``test_hook`` (or
+    ``cfg.fail_at_step``) makes rank 1 raise once at that global step, to test recovery.
+    Returns the metrics also written to ``out_dir/rank.json``.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if cfg.text_tower != "frozen":
+        raise TrainError(f"rank.text_tower={cfg.text_tower!r} is not implemented; use 'frozen'")
+    for name, df in (("train", train_df), ("validation", val_df)):
+        if len(df) == 0 or df["label"].nunique() < 2:
+            raise TrainError(f"the {name} sample table needs both positive and negative rows")
+    storage = storage_path or cfg.storage_path
+    if not storage:
+        raise TrainError("no storage_path for Ray Train: pass one or set rank.storage_path")
+    if not ray.is_initialized():
+        ray.init()
+    if not builder.fitted:
+        builder.fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=train_df)
+    run_name = cfg.run_name or f"ctr-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    samples = _join(storage, f"{run_name}-samples")
+    t0 = time.perf_counter()
+    n_train = write_samples(builder, ctx, train_df, _join(samples, "train"))
+    n_val = write_samples(builder, ctx, val_df, _join(samples, "val"))
+    t_features = time.perf_counter() - t0
+
+    use_gpu = resolve_use_gpu(cfg)
+    resources = {"CPU": worker_cpus(cfg), **({"GPU": 1} if use_gpu else {})}
+    fail_at = test_hook if test_hook is not None else cfg.fail_at_step
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"rank": json.loads(cfg.model_dump_json()), "builder": builder,
+                           "fail_at_step": fail_at, "fail_marker": _join(samples, FAIL_MARKER)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_auc",
+                                                         checkpoint_score_order="max")),
+        datasets={"train": _dataset(_join(samples, "train"), cfg), "val": _dataset(_join(samples, "val"), cfg)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    t1 = time.perf_counter()
+    result = trainer.fit()
+    t_fit = time.perf_counter() - t1
+    if result.error is not None:
+        raise TrainError(f"CTR training failed: {result.error}") from result.error
+    best = result.get_best_checkpoint("val_auc", "max") or result.checkpoint
+    if best is None:
+        raise TrainError("CTR training finished without a checkpoint")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with best.as_directory() as d:
+        d = Path(d)
+        for name in (WEIGHTS_FILE, "feature_spec.json", "features.npz", RANK_CONFIG_FILE):
+            shutil.copy2(d / name, out / name)
+        best_row = json.loads((d / TRAIN_STATE_FILE).read_text())["history"][-1]
+    history: list[dict[str, Any]] = []
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            history = json.loads((Path(d) / TRAIN_STATE_FILE).read_text())["history"]
+    last = result.metrics or {}
+    metrics = {
+        "best_epoch": best_row["epoch"], "val_auc": best_row["val_auc"], "val_logloss": best_row["val_logloss"],
+        "train_auc": best_row["train_auc"], "train_logloss": best_row["train_logloss"],
+        "epochs_run": int(last.get("epoch", best_row["epoch"])) + 1, "resumes": int(last.get("resumes", 0)),
+        "num_workers": cfg.num_workers, "use_gpu": use_gpu, "n_train": n_train, "n_val": n_val,
+        "feature_seconds": t_features, "fit_seconds": t_fit, "run_name": run_name, "storage_path": storage,
+        "checkpoint_path": best.path, "history": history,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
