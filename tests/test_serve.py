@@ -1,0 +1,353 @@
+"""The Serve application over real HTTP: one real Ray Serve per module, artifacts fitted once per session.
+
+Serve holds CPUs while it runs (four deployments at 0.25), so it is started after the fit and its
+application is deleted at the end of the module, leaving the cluster whole for other test files.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+APP = "ltray-test"
+COLO_APP = "ltray-test-colo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_artifacts(ray_cluster, small_config, tmp_path_factory) -> str:
+    """A run fitted once on the small synthetic config (the whole pipeline, real models)."""
+    from ltray.pipeline import fit
+
+    art = tmp_path_factory.mktemp("serve-run") / "art"
+    fit(small_config, str(art), log=lambda _msg: None)
+    return str(art)
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, serve_artifacts):
+    """Serve started once; the chain app at / and the colocated app at /colo, both on the same run."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"artifacts": serve_artifacts}), name=APP, route_prefix="/", blocking=False)
+    serve.run(build_app({"artifacts": serve_artifacts, "serve.topology": "colocated"}), name=COLO_APP,
+              route_prefix="/colo", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if (client.get("/readyz").status_code == 200
+                        and client.get("/colo/readyz").status_code == 200):
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "Serve app not ready within 120 s"
+            time.sleep(0.5)
+        yield client
+    for name in (APP, COLO_APP):
+        serve.delete(name)  # frees the replicas' CPUs; serve.shutdown waits for the session's end
+
+
+@pytest.fixture(scope="module")
+def recommender(serve_artifacts):
+    from ltray.pipeline import load_recommender
+
+    return load_recommender(serve_artifacts)
+
+
+def _known_users(rec, n: int = 6) -> list[str]:
+    return [str(u) for u in rec.models.user_ids[:: max(1, len(rec.models.user_ids) // n)][:n]]
+
+
+# -- /recommend ------------------------------------------------------------------------------------
+def test_recommend_equals_in_process_recommender(server, recommender):
+    for user in _known_users(recommender):
+        r = server.post("/recommend", json={"user_id": user, "k": 15})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        expected = recommender.recommend(user, k=15)
+        got = body["items"]
+        assert [it["item_id"] for it in got] == expected["item_id"].tolist()
+        np.testing.assert_allclose([it["score"] for it in got], expected["score"].to_numpy(), rtol=1e-5,
+                                   atol=1e-6)
+        assert [it["segment"] for it in got] == expected["segment"].tolist()
+        assert [it["source"] for it in got] == expected["source"].tolist()
+        assert [it["reason"] for it in got] == expected["reason"].tolist()
+        assert body["fallback"] is False and body["version"] == recommender.version
+
+
+def test_recommend_k_distinct_unseen_labelled_items(server, recommender):
+    seen_of = recommender.models.als.seen
+    for user in _known_users(recommender):
+        body = server.post("/recommend", json={"user_id": user, "k": 25}).json()
+        ids = [it["item_id"] for it in body["items"]]
+        assert len(ids) == 25 and len(set(ids)) == 25
+        row = recommender.generator.user_row(user)
+        seen = set(recommender.models.item_ids[seen_of[row].indices])
+        assert not seen & set(ids)
+        for it in body["items"]:
+            assert it["segment"] in {"head", "tail", "cold"} and it["source"] in {"cf", "tail", "bridge"}
+            assert it["reason"] and np.isfinite(it["score"])
+
+
+def test_exclude_seen_false_and_session_users_match_in_process(server, recommender):
+    user = _known_users(recommender)[0]
+    body = server.post("/recommend", json={"user_id": user, "k": 10, "exclude_seen": False}).json()
+    expected = recommender.recommend(user, k=10, exclude_seen=False)
+    assert [it["item_id"] for it in body["items"]] == expected["item_id"].tolist()
+
+    session = recommender.models.item_ids[[3, 50, 7]].tolist()
+    req = {"user_id": "nobody-knows-me", "k": 10, "recent_items": [*session, "no-such-item"]}
+    body = server.post("/recommend", json=req).json()
+    expected = recommender.recommend("nobody-knows-me", k=10, recent_items=req["recent_items"])
+    ids = [it["item_id"] for it in body["items"]]
+    assert ids == expected["item_id"].tolist()
+    assert body["fallback"] is False and body["unknown_recent_items"] == ["no-such-item"]
+    assert not set(session) & set(ids)
+
+
+def test_unknown_user_gets_the_declared_fallback(server, recommender):
+    body = server.post("/recommend", json={"user_id": "never-seen-user", "k": 12}).json()
+    assert body["fallback"] is True
+    assert len(body["items"]) == 12 and {it["source"] for it in body["items"]} == {"pop"}
+    expected = recommender.recommend("never-seen-user", k=12)
+    assert [it["item_id"] for it in body["items"]] == expected["item_id"].tolist()
+
+
+def test_tail_share_changes_the_served_tail_share(server, recommender):
+    shares = {}
+    for ask in (0.0, 0.5, 1.0):
+        got = []
+        for user in _known_users(recommender):
+            body = server.post("/recommend", json={"user_id": user, "k": 20, "tail_share": ask}).json()
+            assert body["tail_share"] == ask
+            got.append(np.mean([it["segment"] != "head" for it in body["items"]]))
+        shares[ask] = got
+    assert min(shares[0.5]) >= 0.5 and min(shares[1.0]) == 1.0
+    assert np.mean(shares[0.0]) < np.mean(shares[0.5]) < np.mean(shares[1.0])
+
+
+def test_colocated_topology_answers_the_same(server, recommender):
+    for user in _known_users(recommender, 3):
+        chain = server.post("/recommend", json={"user_id": user, "k": 10}).json()
+        colo = server.post("/colo/recommend", json={"user_id": user, "k": 10}).json()
+        assert [i["item_id"] for i in colo["items"]] == [i["item_id"] for i in chain["items"]]
+    assert server.get("/colo/items/" + recommender.models.item_ids[0] + "/similar?k=3").status_code == 200
+
+
+# -- /search and /similar ------------------------------------------------------------------------------
+def test_search_finds_the_item_whose_text_it_is(server, serve_artifacts, recommender):
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(Path(serve_artifacts) / "data" / "items.parquet").to_pandas()
+    for row in (0, 17, 123):
+        r = server.post("/search", json={"text": items["text"][row], "k": 5})
+        assert r.status_code == 200, r.text
+        hits = r.json()["items"]
+        assert len(hits) == 5 and hits[0]["item_id"] == items["item_id"][row]
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    tail = server.post("/search", json={"text": items["text"][5], "k": 7, "segment": "tail"}).json()["items"]
+    assert len(tail) == 7 and {h["segment"] for h in tail} == {"tail"}
+
+
+def test_similar_items(server, recommender):
+    item = recommender.models.item_ids[10]
+    r = server.get(f"/items/{item}/similar", params={"k": 8})
+    assert r.status_code == 200, r.text
+    hits = r.json()["items"]
+    assert len(hits) == 8 and item not in {h["item_id"] for h in hits}
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    expected = recommender.generator.similar_items(item, 8)
+    assert [h["item_id"] for h in hits] == expected["item_id"].tolist()
+    head = server.get(f"/items/{item}/similar", params={"k": 4, "segment": "head"}).json()["items"]
+    assert {h["segment"] for h in head} == {"head"}
+    missing = server.get("/items/no-such-item/similar")
+    assert missing.status_code == 404 and "no-such-item" in missing.json()["detail"]
+
+
+# -- validation ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": "u1", "colour": "red"}, "colour"),
+    ({"user_id": "u1", "k": 0}, "k"),
+    ({"user_id": "u1", "k": 501}, "k"),
+    ({"user_id": "u1", "tail_share": 1.5}, "tail_share"),
+    ({"user_id": ""}, "user_id"),
+    ({"k": 5}, "user_id"),
+    ({"user_id": "u1", "recent_items": "not-a-list"}, "recent_items"),
+])
+def test_recommend_rejects_bad_requests_with_422(server, body, field):
+    r = server.post("/recommend", json=body)
+    assert r.status_code == 422
+    assert any(field in map(str, err["loc"]) for err in r.json()["detail"]), r.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"text": "x" * 2001}, "text"),
+    ({"text": ""}, "text"),
+    ({"text": "space", "k": 0}, "k"),
+    ({"text": "space", "segment": "middle"}, "segment"),
+    ({"text": "space", "extra": 1}, "extra"),
+])
+def test_search_rejects_bad_requests_with_422(server, body, field):
+    r = server.post("/search", json=body)
+    assert r.status_code == 422
+    assert any(field in map(str, err["loc"]) for err in r.json()["detail"]), r.text
+
+
+def test_similar_rejects_bad_query_with_422(server, recommender):
+    item = recommender.models.item_ids[0]
+    assert server.get(f"/items/{item}/similar", params={"k": 0}).status_code == 422
+    assert server.get(f"/items/{item}/similar", params={"k": 501}).status_code == 422
+    assert server.get(f"/items/{item}/similar", params={"segment": "x"}).status_code == 422
+
+
+def test_malformed_json_is_422_not_500(server):
+    r = server.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_body_over_one_mib_is_413(server):
+    big = b'{"user_id": "u1", "recent_items": ["' + b"x" * (1 << 20) + b'"]}'
+    r = server.post("/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        for _ in range(20):
+            yield b" " * (64 << 10)
+    r = server.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_ready_and_docs(server, recommender):
+    assert server.get("/healthz").json() == {"status": "ok"}
+    ready = server.get("/readyz").json()
+    assert ready["ready"] is True and ready["version"] == recommender.version
+    assert set(ready["stages"]) == {"CFRecall", "TailRetrieval", "CTRRanker"}
+    assert server.get("/docs").status_code == 200
+    paths = server.get("/openapi.json").json()["paths"]
+    assert {"/recommend", "/search", "/items/{item_id}/similar", "/healthz", "/readyz"} <= set(paths)
+
+
+# -- schema-driven fuzz ------------------------------------------------------------------------------------
+def test_openapi_fuzz_gives_no_5xx(server):
+    """schemathesis generates requests (valid and invalid) from the app's own OpenAPI schema."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_dict(server.get("/openapi.json").json())
+    failures = []
+    for path, method in (("/recommend", "POST"), ("/search", "POST"), ("/items/{item_id}/similar", "GET")):
+        strategy = schema[path][method].as_strategy()
+
+        @settings(max_examples=20, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def call(case):
+            resp = case.call(base_url=str(server.base_url), timeout=60)
+            if resp.status_code >= 500:
+                failures.append((case.method, case.path, case.body, case.path_parameters, case.query, resp.status_code,
+                                 resp.text[:200]))
+
+        call()
+    assert not failures, failures[:5]
+
+
+# -- fault: a ranker replica dies under load ---------------------------------------------------------------
+def _ranker_replicas() -> list[tuple[str, str]]:
+    import ray
+
+    return [(a["name"], a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True)
+            if "CTRRanker" in a["name"] and APP in a["name"] and "SERVE_REPLICA" in a["name"]]
+
+
+def test_killing_a_ranker_replica_under_load(server, recommender):
+    import ray
+
+    before = _ranker_replicas()
+    assert before, "no CTRRanker replica actor found"
+    users = _known_users(recommender, 20)
+    results: list[tuple[float, bool]] = []
+    lock = threading.Lock()
+    total, clients = 240, 4
+    counter = iter(range(total))
+
+    def client():
+        with httpx.Client(base_url=server.base_url, timeout=60) as c:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    ok = c.post("/recommend", json={"user_id": users[i % len(users)], "k": 10}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    results.append((time.time(), ok))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    while len(results) < 20:
+        time.sleep(0.05)
+    killed_at = time.time()
+    name, ns = before[0]
+    ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+    for t in threads:
+        t.join(timeout=300)
+    assert len(results) == total
+    failed = [ts for ts, ok in results if not ok]
+    assert len(failed) / total < 0.02, f"{len(failed)} of {total} failed"
+    assert all(ts - killed_at < 15 for ts in failed)
+    # Serve replaced the replica: a new actor name, and the app is ready again.
+    deadline = time.time() + 60
+    while not (set(_ranker_replicas()) - set(before) and server.get("/readyz").status_code == 200):
+        assert time.time() < deadline, "Serve did not replace the killed CTRRanker replica"
+        time.sleep(0.5)
+
+
+# -- config and builder, without Serve ----------------------------------------------------------------------
+def test_serve_config_yaml_is_a_valid_deploy_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "serve_config.yaml").read_text())
+    cfg = ServeDeploySchema.model_validate(raw)
+    app = cfg.applications[0]
+    assert app.import_path == "deployments.app:build_app"
+    deps = {d.name: d for d in app.deployments}
+    assert set(deps) == {"Ingress", "CFRecall", "TailRetrieval", "CTRRanker"}
+    for d in deps.values():
+        auto = raw["applications"][0]["deployments"][[x["name"] for x in raw["applications"][0]["deployments"]]
+                                                       .index(d.name)]["autoscaling_config"]
+        assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= set(auto)
+        assert 0 < d.ray_actor_options["num_cpus"] < 1 and d.max_ongoing_requests >= 1
+
+
+def test_build_app_arguments():
+    from deployments.app import serve_config_from_args
+
+    uri, cfg = serve_config_from_args({"artifacts": "some/run", "serve.topology": "colocated",
+                                       "serve.max_replicas": "4"})
+    assert uri == "some/run" and cfg.topology == "colocated" and cfg.max_replicas == 4
+    with pytest.raises(ValueError, match="artifacts"):
+        serve_config_from_args({})
+    with pytest.raises(ValueError, match="unknown build_app arguments"):
+        serve_config_from_args({"artifacts": "x", "port": 1})
