@@ -193,7 +193,8 @@ class EvalConfig(_Section):
             "als": {"factors": [32, 64, 128], "regularization": [0.05, 0.5], "alpha": [1.0, 4.0],
                     "binary": [False, True]},
             "itemknn": {"neighbours": [25, 50, 100, 200, 400], "binary": [True, False]},
-            "contentknn": {"half_life_days": [None, 30.0, 180.0, 1000.0], "use_weights": [False, True]},
+            "contentknn": {"half_life_days": [None, 30.0, 365.0], "use_weights": [False, True],
+                           "center": [False, True], "recent_items": [None, 30]},
             "lightfm": {"no_components": [32, 64], "epochs": [10, 30]},
         },
         description="hyper-parameter grid per baseline; a baseline without a grid runs with its defaults")

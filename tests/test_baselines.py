@@ -136,6 +136,13 @@ def test_contentknn_profile_is_the_recency_weighted_mean():
     # Without decay the profile is the plain mean (1, 1): items 2 and 3 tie, broken by item row.
     flat = ContentKNN(half_life_days=None).fit(train, vecs, ts)
     assert flat.profiles[0] == pytest.approx(np.array([1.0, 1.0]) / np.sqrt(2), rel=1e-5)
+    # recent_items=1 keeps only the newest item (item 1): the profile is its vector.
+    newest = ContentKNN(half_life_days=None, recent_items=1).fit(train, vecs, ts)
+    assert newest.profiles[0] == pytest.approx([0.0, 1.0], abs=1e-6)
+    # center subtracts the catalog mean (1, 1): item 1 becomes (-1, 0), and so does that profile.
+    centred = ContentKNN(half_life_days=None, recent_items=1, center=True).fit(train, vecs, ts)
+    assert centred.profiles[0] == pytest.approx([-1.0, 0.0], abs=1e-6)
+    assert centred.item_vectors[2] == pytest.approx([0.0, 1.0], abs=1e-6)
     with pytest.raises(ValueError, match="item_vectors"):
         ContentKNN().fit(train)
 

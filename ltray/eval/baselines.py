@@ -250,12 +250,25 @@ class ItemKNN(Baseline):
 class ContentKNN(Baseline):
     """Text only: the user's profile is the recency-weighted mean of their items' vectors
     (weight 0.5 ** (age / half-life), age from the user's latest interaction); items by cosine.
-    half_life_days None = plain mean. Needs item_vectors; uses train_ts when given."""
+
+    half_life_days None = plain mean; recent_items keeps only the user's latest N items (needs
+    train_ts). center subtracts the catalog's mean vector first: sentence encoders give every text a
+    large shared component, so uncentred profiles of long histories all drift to the same "average
+    item" and every user gets nearly the same list.
+    """
 
     name = "ContentKNN"
 
-    def __init__(self, half_life_days: float | None = 180.0, use_weights: bool = False):
-        self.params = dict(half_life_days=half_life_days, use_weights=use_weights)
+    def __init__(
+        self,
+        half_life_days: float | None = 180.0,
+        use_weights: bool = False,
+        center: bool = False,
+        recent_items: int | None = None,
+    ):
+        self.params = dict(
+            half_life_days=half_life_days, use_weights=use_weights, center=center, recent_items=recent_items
+        )
 
     def _fit(self, train, item_vectors, train_ts):
         if item_vectors is None:
@@ -263,18 +276,27 @@ class ContentKNN(Baseline):
         v = np.asarray(item_vectors, dtype=np.float32)
         if v.shape[0] != train.shape[1]:
             raise ValueError(f"{v.shape[0]} item vectors for {train.shape[1]} items")
+        if self.params["center"]:
+            v = v - v.mean(axis=0, keepdims=True)
         self.item_vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         w = train.copy()
         if not self.params["use_weights"]:
             w.data[:] = 1.0
-        hl = self.params["half_life_days"]
-        if hl is not None and train_ts is not None:
+        hl, recent = self.params["half_life_days"], self.params["recent_items"]
+        if train_ts is not None and (hl is not None or recent is not None):
             rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
             ts = np.asarray(sp.csr_matrix(train_ts, dtype=np.float64)[rows, w.indices]).ravel()
-            last = np.full(w.shape[0], -np.inf)
-            np.maximum.at(last, rows, ts)
-            age_days = (last[rows] - ts) / DAY_S
-            w.data = (w.data * 0.5 ** (age_days / hl)).astype(np.float32)
+            if recent is not None:
+                # Position of each interaction in its user's history, newest first.
+                order = np.lexsort((-ts, rows))
+                pos = np.empty(len(ts), np.int64)
+                pos[order] = np.arange(len(ts)) - w.indptr[rows[order]]
+                w.data[pos >= recent] = 0.0
+            if hl is not None:
+                last = np.full(w.shape[0], -np.inf)
+                np.maximum.at(last, rows, ts)
+                age_days = (last[rows] - ts) / DAY_S
+                w.data = (w.data * 0.5 ** (age_days / hl)).astype(np.float32)
         profiles = np.asarray(w @ self.item_vectors, dtype=np.float32)
         self.profiles = profiles / np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
 
