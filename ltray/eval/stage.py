@@ -33,7 +33,7 @@ def _baseline_grids(cfg: Config) -> dict[str, dict[str, list]]:
     return {
         "als": {"factors": [32, 64, 128], "regularization": [0.05, 0.5], "alpha": [f.alpha],
                 "iterations": [f.iterations]},
-        "itemknn": {"k": [50, 200]},
+        "itemknn": {"neighbours": [50, 200]},
         "contentknn": {"half_life_days": [30.0, 365.0]},
     }
 
@@ -71,8 +71,8 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         t0 = time.perf_counter()
         params: dict[str, Any] = {}
         if name in grid_of and cfg.eval.tune:
-            params, _ = B.tune(make, grid_of[name], fit_csr, valid_csr, valid_users, item_vectors=vectors,
-                               train_ts=fit_ts, item_segment=seg)
+            params, _ = B.tune(make, grid_of[name], fit_csr, valid_csr, cfg.eval.tune_metric, users=valid_users,
+                               item_vectors=vectors, train_ts=fit_ts, item_segment=seg)
         model = make(**params)
         model.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
         out[name] = model.recommend(rows, K_MAX)
