@@ -52,13 +52,17 @@ class DataConfig(_Section):
 class EmbedConfig(_Section):
     model: str | None = Field(None, description="HF hub name or folder; None = packaged all-MiniLM-L6-v2")
     pooling: Literal["mean", "cls"] = "mean"
-    max_length: int = Field(128, ge=8, le=8192)
-    batch_size: int = Field(64, ge=1)
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    max_length: int = Field(128, ge=8, le=8192, description="tokens; longer texts are cut and counted")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass (and per Ray Data batch)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = fp16 on GPU, bf16 on CPUs with native bf16 matmul, else fp32")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_actors: int | None = Field(None, ge=1, description="None = derived from cluster resources")
-    cpus_per_actor: float | None = Field(None, gt=0)
-    blocks_per_actor: int = Field(4, ge=1)
+    num_actors: int | None = Field(None, ge=1, description="None = one per GPU, else one per CPU")
+    cpus_per_actor: float | None = Field(None, gt=0, description="None = the cluster's CPUs / actors")
+    blocks_per_actor: int = Field(4, ge=1, description="input blocks per actor, to keep every actor busy")
+    empty_text: Literal["fill", "error"] = Field("fill", description="what to do with blank item text")
+    empty_text_fill: str = Field("", description="text encoded in place of a blank one (empty_text=fill)")
+    shard_rows: int = Field(100_000, ge=1, description="rows per output Parquet shard")
 
 
 class CFConfig(_Section):
