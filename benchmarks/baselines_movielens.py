@@ -52,6 +52,15 @@ ISSUE = {
 }
 ISSUE_COLS = ("Recall@20", "NDCG@20", "TailRecall@20", "ColdRecall@20", "Coverage@20")
 
+# Wider than the pipeline's default cfg.eval.baseline_grids (kept small for `ltray run`'s time budget).
+WIDE_GRIDS = {
+    "als": {"factors": [32, 64, 128], "regularization": [0.05, 0.5], "alpha": [1.0, 4.0], "binary": [False, True]},
+    "itemknn": {"neighbours": [25, 50, 100, 200, 400], "binary": [True, False]},
+    "contentknn": {"half_life_days": [None, 30.0, 365.0], "use_weights": [False, True], "center": [False, True],
+                   "recent_items": [None, 30]},
+    "lightfm": {"no_components": [32, 64], "epochs": [10, 30]},
+}
+
 
 def encode_minilm(texts: list[str], batch_size: int = 64, max_length: int = 128) -> np.ndarray:
     """all-MiniLM-L6-v2 with mean pooling, L2-normalised; batches of similar length pad little."""
@@ -119,7 +128,7 @@ def main() -> int:
         from ltray.data import movielens
 
         ds = movielens.load()
-        grids = cfg.eval.baseline_grids
+        grids = WIDE_GRIDS
         vectors, encode_s = cached_vectors(ds.items["text"].tolist(), "ml_vectors")
         how = f"encoded in {encode_s:.0f} s" if encode_s else "cached"
         vec_note = f"all-MiniLM-L6-v2 mean-pooled ({how})"

@@ -28,16 +28,6 @@ def _csr(df: pd.DataFrame, user_pos: dict[str, int], item_rows: np.ndarray, n_it
     return m
 
 
-def _baseline_grids(cfg: Config) -> dict[str, dict[str, list]]:
-    f = cfg.cf
-    return {
-        "als": {"factors": [32, 64, 128], "regularization": [0.05, 0.5], "alpha": [f.alpha],
-                "iterations": [f.iterations]},
-        "itemknn": {"neighbours": [50, 200]},
-        "contentknn": {"half_life_days": [30.0, 365.0]},
-    }
-
-
 def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, test_csr: sp.csr_matrix,
                   log) -> dict[str, np.ndarray]:
     """Each baseline tuned on a validation split carved from train, refit on train, lists for `users`."""
@@ -56,7 +46,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
     valid_csr = _csr(valid, upos, item_index.get_indexer(valid["item_id"]), n_items)
     valid_users = np.unique(valid_csr.nonzero()[0])
     rows = np.array([upos[u] for u in users], np.int64)
-    grids = _baseline_grids(cfg)
+    grids = cfg.eval.baseline_grids
     seg = bundle.item_segment
     factories = {
         "MostPop": lambda **p: B.MostPop(),
@@ -64,13 +54,13 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         "ItemKNN": lambda **p: B.ItemKNN(**p),
         "ContentKNN": lambda **p: B.ContentKNN(**p),
     }
-    grid_of = {"ALS": grids["als"], "ItemKNN": grids["itemknn"], "ContentKNN": grids["contentknn"]}
+    grid_of = {"ALS": grids.get("als"), "ItemKNN": grids.get("itemknn"), "ContentKNN": grids.get("contentknn")}
     out: dict[str, np.ndarray] = {}
     chosen: dict[str, dict] = {}
     for name, make in factories.items():
         t0 = time.perf_counter()
         params: dict[str, Any] = {}
-        if name in grid_of and cfg.eval.tune:
+        if grid_of.get(name) and cfg.eval.tune:
             params, _ = B.tune(make, grid_of[name], fit_csr, valid_csr, cfg.eval.tune_metric, users=valid_users,
                                item_vectors=vectors, train_ts=fit_ts, item_segment=seg)
         model = make(**params)
@@ -78,12 +68,13 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         out[name] = model.recommend(rows, K_MAX)
         chosen[name] = params
         log(f"eval: baseline {name} {params or ''} ({time.perf_counter() - t0:.1f}s)")
+    share = cfg.eval.tail_quota_share
     quota = B.ALSTailQuota(als_params=chosen.get("ALS") or {}, content_params=chosen.get("ContentKNN") or {},
-                           tail_share=0.4)
+                           tail_share=share)
     quota.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
-    out["ALS + 40% tail quota"] = quota.recommend(rows, K_MAX)
+    out[f"ALS + {share:.0%} tail quota"] = quota.recommend(rows, K_MAX)
     if B.LightFMBaseline.available():
-        lf = B.LightFMBaseline()
+        lf = B.LightFMBaseline(item_features=B.text_bag_features(bundle.items["text"].tolist()))
         lf.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
         out["LightFM WARP"] = lf.recommend(rows, K_MAX)
     else:
