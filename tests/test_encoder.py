@@ -156,3 +156,27 @@ def test_auto_dtype():
     assert choose_dtype("bf16", "cpu", CPU_PLAIN) == "bf16"  # asked for explicitly: honoured
     with pytest.raises(ValueError):
         choose_dtype("int8", "cpu", CPU_PLAIN)
+
+
+def test_out_of_memory_batch_is_retried_in_halves(encoder):
+    # A GPU OOM cannot be caused on this machine: the forward raises torch's own OOM error past 2 rows.
+    from ltray.embed.encoder import halve_on_oom
+
+    calls = []
+
+    def forward(ids, mask):
+        calls.append(len(ids))
+        if len(ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return encoder._forward(ids, mask)
+
+    ids, mask = encoder._pad(encoder.tokenize(TEXTS[:7])[0])
+    got = halve_on_oom(forward, ids, mask)
+    np.testing.assert_allclose(got, encoder.encode(TEXTS[:7]), atol=1e-5)
+    assert calls == [7, 3, 1, 2, 4, 2, 2]  # 7 fails -> 3 + 4; 3 fails -> 1 + 2; 4 fails -> 2 + 2
+
+    def never_fits(ids, mask):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        halve_on_oom(never_fits, ids[:2], mask[:2])

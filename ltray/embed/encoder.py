@@ -73,6 +73,23 @@ def model_id_of(path: str, is_local: bool) -> str:
     return f"{name}@{h.hexdigest()[:12]}"
 
 
+def halve_on_oom(forward, input_ids: torch.Tensor, mask: torch.Tensor, on_oom=lambda: None,
+                 oom: type[BaseException] = torch.cuda.OutOfMemoryError) -> np.ndarray:
+    """``forward(ids, mask)``; a batch that runs out of GPU memory is retried as two halves.
+
+    A single text that still does not fit is a real error and is raised.
+    """
+    try:
+        return forward(input_ids, mask)
+    except oom:
+        if len(input_ids) == 1:
+            raise
+        on_oom()
+        half = len(input_ids) // 2
+        return np.concatenate([halve_on_oom(forward, input_ids[:half], mask[:half], on_oom, oom),
+                               halve_on_oom(forward, input_ids[half:], mask[half:], on_oom, oom)])
+
+
 @dataclass
 class Encoded:
     vectors: np.ndarray  # float32 (n, d), unit norm
@@ -168,17 +185,9 @@ class TextEncoder:
     def _encode_padded(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         if self.device != "cuda":
             return self._forward(input_ids, mask)
-        try:
-            return self._forward(input_ids, mask)
-        except torch.cuda.OutOfMemoryError:
-            # Retry at half the batch; a single text that does not fit is a real error.
-            if len(input_ids) == 1:
-                raise
-            torch.cuda.empty_cache()
-            half = len(input_ids) // 2
-            return np.concatenate([self._encode_padded(input_ids[:half], mask[:half]),
-                                   self._encode_padded(input_ids[half:], mask[half:])])
+        return halve_on_oom(self._forward, input_ids, mask, on_oom=torch.cuda.empty_cache)
 
+    @torch.inference_mode()
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         input_ids = input_ids.to(self.device, non_blocking=True)
         mask = mask.to(self.device, non_blocking=True)
