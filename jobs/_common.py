@@ -1,0 +1,203 @@
+"""What every `ray job submit` entrypoint shares: arguments, config, the store, Ray start-up, errors.
+
+A job parses ``--config`` / ``--set`` / data options into one ``Config`` and opens the artifact store
+*before* it starts Ray, so a typo or an unreachable URI fails in a second with one line on stderr
+and exit code 2. Under ``ray job submit`` Ray's address comes from ``RAY_ADDRESS`` (set by the job
+supervisor); run by hand without it, ``ray.init()`` starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ltray.artifacts import ArtifactError, ArtifactStore, fingerprint_of
+from ltray.cli import artifacts_uri, build_config
+from ltray.config import Config, ConfigError
+
+EXIT_USAGE = 2
+DEFAULT_STORE_TIMEOUT_S = 60.0
+DEFAULT_SCALE_TIMEOUT_S = 900.0
+# Stages whose committed versions the eval report depends on.
+EVAL_INPUTS = ("data", "embed", "cf", "index", "rank")
+
+
+@dataclass
+class JobArgs:
+    cfg: Config
+    artifacts: str
+    holdout: bool
+    options: argparse.Namespace
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", type=Path, help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set embed.batch_size=128 (repeatable)")
+    p.add_argument("--artifacts", help="run folder or pyarrow URI (s3://bucket/run, gs://bucket/run); "
+                                       "on a cluster use a URI every node can reach")
+    p.add_argument("--dataset", help="built-in dataset: synthetic | movielens-latest-small")
+    p.add_argument("--items", help="items file or folder (CSV, Parquet, JSONL)")
+    p.add_argument("--interactions", help="interactions file or folder")
+    p.add_argument("--no-holdout", dest="holdout", action="store_false",
+                   help="fit on every interaction (no time split, so no evaluation)")
+    p.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT_S,
+                   help="seconds to wait for the artifact store to answer before giving up")
+    p.add_argument("--wait-for-gpus", type=int, default=0, metavar="N",
+                   help="ask the autoscaler for N GPU bundles and wait for them before any stage runs "
+                        "(the embedding pool is sized from the GPUs up when it starts)")
+    p.add_argument("--scale-timeout", type=float, default=DEFAULT_SCALE_TIMEOUT_S,
+                   help="seconds to wait for --wait-for-gpus")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def parse_job_args(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> JobArgs:
+    ns = parser.parse_args(argv)
+    cfg = build_config(ns.config, ns.overrides, dataset=ns.dataset, items=ns.items,
+                       interactions=ns.interactions)
+    return JobArgs(cfg=cfg, artifacts=artifacts_uri(cfg, ns.artifacts), holdout=ns.holdout, options=ns)
+
+
+def open_store(uri: str, timeout_s: float = DEFAULT_STORE_TIMEOUT_S) -> ArtifactStore:
+    """The store, probed with one read so that an unreachable URI fails here, not mid-run.
+
+    The probe runs in a thread with a deadline: object-store clients retry for minutes (gs:// without
+    credentials waits on the metadata server), and a job should say so instead of hanging.
+    """
+    result: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            store = ArtifactStore(uri)
+            store.manifest()
+            result["store"] = store
+        except BaseException as e:  # handed to the caller below
+            result["error"] = e
+
+    worker = threading.Thread(target=probe, name="ltray-store-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ArtifactError(f"artifact store {uri} is not reachable: no answer within {timeout_s:g}s "
+                            "(check the URI, the network and the credentials)")
+    err = result.get("error")
+    if isinstance(err, ArtifactError):
+        raise err
+    if isinstance(err, OSError | ValueError):  # pyarrow: unknown scheme, no such bucket, refused connection
+        raise ArtifactError(f"artifact store {uri} is not reachable: {err}") from err
+    if err is not None:
+        raise err
+    return result["store"]
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # submitted: connect to the cluster the job runs on
+    else:
+        ray.init(include_dashboard=False)
+
+
+class ScaleError(RuntimeError):
+    """The cluster did not offer the resources a job waited for."""
+
+
+def wait_for_gpus(n: int, timeout_s: float, poll_s: float = 5.0) -> None:
+    """Request ``n`` one-GPU bundles from the autoscaler and wait until the cluster has ``n`` GPUs."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    if n <= 0:
+        return
+    request_resources(bundles=[{"GPU": 1}] * n)
+    deadline = time.monotonic() + timeout_s
+    while (have := ray.cluster_resources().get("GPU", 0.0)) < n:
+        if time.monotonic() > deadline:
+            raise ScaleError(f"the cluster offers {have:g} GPU(s) after {timeout_s:g}s; --wait-for-gpus asked "
+                             f"for {n} (check the GPU group's max_workers and the autoscaler log)")
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or 0.01)
+    log(f"cluster: {have:g} GPU(s) up")
+
+
+def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore], dict[str, Any]],
+            argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse, check, start Ray, run ``body``; known failures become one line on stderr and exit 2."""
+    from ltray.data.schema import DataError
+
+    parser = parser or make_parser(description)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    t0 = time.perf_counter()
+    try:
+        args = parse_job_args(argv, parser)
+        store = open_store(args.artifacts, args.options.store_timeout)
+        init_ray()
+        wait_for_gpus(args.options.wait_for_gpus, args.options.scale_timeout)
+        summary = body(args, store)
+    except (ConfigError, ArtifactError, DataError, ScaleError, FileNotFoundError, ValueError,
+            ConnectionError) as e:
+        if debug:
+            raise
+        msg = " ".join(str(e).split())  # one line, whatever the exception's formatting
+        print(f"error: {name}: {msg}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    summary = {"job": name, "artifacts": args.artifacts, "seconds": round(time.perf_counter() - t0, 2),
+               **(summary or {})}
+    print("result: " + json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return 0
+
+
+# -- shared stage helpers ----------------------------------------------------------------------
+def data_and_vectors(args: JobArgs, store: ArtifactStore):
+    """The data and embed stages (each a no-op when current): what every later stage reads."""
+    from ltray import pipeline as p
+
+    bundle = p.stage_data(store, args.cfg, args.holdout, log)
+    vectors = p.stage_embed(store, args.cfg, bundle, log)
+    return bundle, vectors
+
+
+def stage_versions(store: ArtifactStore) -> dict[str, str]:
+    return {s: e.get("version") for s, e in store.manifest().get("stages", {}).items()}
+
+
+def eval_fingerprint(store: ArtifactStore, cfg: Config) -> str:
+    stages = store.manifest().get("stages", {})
+    return fingerprint_of({"inputs": {s: (stages.get(s) or {}).get("version") for s in EVAL_INPUTS},
+                           "cfg": cfg.fingerprint("eval", "blend")})
+
+
+def evaluate_if_changed(parts: dict[str, Any], cfg: Config) -> Path:
+    """The eval stage, skipped when the committed inputs and the eval config are unchanged.
+
+    ``stage_eval`` always re-evaluates; the job records a fingerprint of the stage versions it read in
+    the eval manifest entry, so a re-run of a finished job is a no-op.
+    """
+    from ltray.eval.stage import stage_eval
+
+    store: ArtifactStore = parts["store"]
+    fp = eval_fingerprint(store, cfg)
+    if store.is_current("eval", fp):
+        log("eval: unchanged, skipped")
+        return store.stage_path("eval") / "report.html"
+    report = stage_eval(parts, cfg, log)
+    entry = dict(store.stage_info("eval") or {})
+    entry["fingerprint"] = fp
+    store.update_manifest(stages={"eval": entry})
+    return Path(report)
