@@ -11,7 +11,6 @@ deployments, handles between them, request batching, metrics and the FastAPI ing
 (Ingress -> Pipeline: one hop instead of three).
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -43,6 +42,7 @@ from deployments.stages import (
     RecallStage,
     RetrievalStage,
     artifacts_version,
+    limit_threads,
     recommendation,
     scored_items,
     tail_share_of,
@@ -131,7 +131,9 @@ class CFRecall:
     """ALS factors and user state; folds unseen users in from `recent_items`."""
 
     def __init__(self, artifacts: str, serve_cfg: dict):
-        self.stage = RecallStage(Artifacts(artifacts, _serve_config(serve_cfg)))
+        cfg = _serve_config(serve_cfg)
+        self.stage = RecallStage(Artifacts(artifacts, cfg))
+        limit_threads(cfg.threads)
         self.metrics = StageMetrics("CFRecall")
 
     def recall(self, user_id: str, recent_items: list[str] | None, exclude_seen: bool) -> Recall:
@@ -149,8 +151,10 @@ class TailRetrieval:
     """FAISS tail/full indexes, the text->CF bridge and the query text encoder."""
 
     def __init__(self, artifacts: str, serve_cfg: dict):
-        self.stage = RetrievalStage(Artifacts(artifacts, _serve_config(serve_cfg)))
+        cfg = _serve_config(serve_cfg)
+        self.stage = RetrievalStage(Artifacts(artifacts, cfg))
         self.stage.encoder  # load the encoder now, not on the first /search  # noqa: B018
+        limit_threads(cfg.threads)
         self.metrics = StageMetrics("TailRetrieval")
 
     def candidates(self, recall: Recall) -> Candidates:
@@ -181,6 +185,7 @@ class CTRRanker(_BatchedRanking):
     def __init__(self, artifacts: str, serve_cfg: dict):
         cfg = _serve_config(serve_cfg)
         self.ranking = RankStage(Artifacts(artifacts, cfg))
+        limit_threads(cfg.threads)
         self._init_batching(cfg)
         self.metrics = StageMetrics("CTRRanker")
 
@@ -203,6 +208,7 @@ class Pipeline(_BatchedRanking):
         art = Artifacts(artifacts, cfg)
         self.recall_stage, self.retrieval, self.ranking = RecallStage(art), RetrievalStage(art), RankStage(art)
         self.retrieval.encoder  # noqa: B018
+        limit_threads(cfg.threads)
         self._init_batching(cfg)
         self.metrics = StageMetrics("Pipeline")
 
@@ -237,12 +243,8 @@ api = FastAPI(
 _BODY_LIMIT = {"bytes": ServeConfig().max_body_bytes}  # set per replica from the config
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """413 for a request body over the limit, by Content-Length or by counting a chunked body."""
+    """413 for a request body over the limit: by Content-Length, or by reading a chunked body (up to the limit)."""
 
     def __init__(self, app):
         self.app = app
@@ -251,31 +253,32 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = _BODY_LIMIT["bytes"]
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return await _too_large(send, limit)
-        seen = 0
-        started = False
-
-        async def counted():
-            nonlocal seen
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await _too_large(send, limit)
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        # No length given: read the body here (at most `limit` bytes), then hand it on.
+        chunks, size = [], 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge
-            return msg
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _too_large(send, limit)
+            if not msg.get("more_body"):
+                break
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        async def tracked_send(msg):
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
+        async def replay():
+            return pending.pop() if pending else await receive()
 
-        try:
-            await self.app(scope, counted, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(send, limit)
+        return await self.app(scope, replay, send)
 
 
 async def _too_large(send, limit: int) -> None:

@@ -39,6 +39,17 @@ def artifacts_version(store: ArtifactStore) -> str:
     return store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
 
 
+def limit_threads(n: int) -> None:
+    """One replica, few threads: torch, FAISS and BLAS pools spinning on a shared 2-core box cost 10x."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n)
+
+
 def tail_share_of(segments) -> float:
     seg = np.asarray(segments)
     return float((seg != HEAD).mean()) if len(seg) else 0.0
@@ -219,4 +230,4 @@ def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
 
 
 __all__ = ["Artifacts", "Candidates", "RankStage", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
-           "artifacts_version", "recommendation", "scored_items", "tail_share_of"]
+           "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of"]

@@ -182,6 +182,7 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_batch_size: int = Field(32, ge=1, description="CTRRanker: requests per forward pass")
     batch_wait_timeout_s: float = Field(0.002, ge=0, description="CTRRanker: wait to fill a batch")
+    threads: int = Field(1, ge=1, description="torch / FAISS / BLAS threads per replica (more spin on 2 cores)")
     encoder_threads: int = Field(1, ge=1, description="torch threads of the /search text encoder")
     ready_timeout_s: float = Field(2.0, gt=0, description="/readyz: wait this long for each stage")
 

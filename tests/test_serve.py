@@ -6,6 +6,7 @@ application is deleted at the end of the module, leaving the cluster whole for o
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -31,6 +32,8 @@ def serve_artifacts(ray_cluster, small_config, tmp_path_factory) -> str:
     """A run fitted once on the small synthetic config (the whole pipeline, real models)."""
     from ltray.pipeline import fit
 
+    if os.environ.get("LTRAY_SERVE_TEST_ARTIFACTS"):  # a run fitted on small_config, to iterate faster
+        return os.environ["LTRAY_SERVE_TEST_ARTIFACTS"]
     art = tmp_path_factory.mktemp("serve-run") / "art"
     fit(small_config, str(art), log=lambda _msg: None)
     return str(art)
@@ -338,7 +341,7 @@ def test_serve_config_yaml_is_a_valid_deploy_config():
         auto = raw["applications"][0]["deployments"][[x["name"] for x in raw["applications"][0]["deployments"]]
                                                        .index(d.name)]["autoscaling_config"]
         assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= set(auto)
-        assert 0 < d.ray_actor_options["num_cpus"] < 1 and d.max_ongoing_requests >= 1
+        assert 0 < d.ray_actor_options.num_cpus < 1 and d.max_ongoing_requests >= 1
 
 
 def test_build_app_arguments():
