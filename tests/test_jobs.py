@@ -290,3 +290,14 @@ def test_bad_config_exit_code_from_the_command_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"error: pipeline: invalid config in {cfg}: rank.lerning_rate: Extra inputs are not permitted"]
+
+
+def test_waiting_for_gpus_that_never_come_fails_clearly(ray_head, tmp_path):
+    """--wait-for-gpus asks the autoscaler and gives up with one line when the GPUs do not appear."""
+    env = ray_head.client_env(RAY_ADDRESS=ray_head.gcs)
+    r = subprocess.run([sys.executable, "jobs/embed_catalog.py", "--artifacts", str(tmp_path / "art"),
+                        "--wait-for-gpus", "1", "--scale-timeout", "3", *SETS], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    assert "error: embed_catalog: the cluster offers 0 GPU(s) after 3s; --wait-for-gpus asked for 1" in r.stderr
+    assert not (tmp_path / "art" / "embed").exists()

@@ -1,0 +1,277 @@
+"""How cost grows with the catalog: the pipeline stages on synthetic catalogs of growing size.
+
+    python benchmarks/scale.py --quick                       # 2k and 10k items
+    python benchmarks/scale.py --sizes 10000 100000 1000000 --embed-sample 5000 --rank-max-items 100000
+
+For each size it runs the stages through ``ltray.pipeline`` against a fresh artifact store (data, embed,
+cf + index, rank) and prints per stage: wall time, peak RSS of the driver and of the Ray workers (summed,
+sampled every 0.2 s), and time per item. The baseline is the smallest size: "x per item" is each
+size's cost per item over the smallest size's, so 1.0 means linear growth. It then fits
+time = a * n^b per stage (b = the log-log slope) and writes a log-log plot.
+
+``--embed-sample N``: catalogs larger than N embed only N sampled items with the real encoder, on the
+real Ray Data stage, and the embedding time is extrapolated (per-item cost x n). The other items get
+stand-in vectors (a sampled item's vector plus noise), committed as the embed stage, so the later
+stages run on full-size inputs. Those rows are marked "extrapolated".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+MB = 2**20
+STAGES = ("data", "embed", "cf+index", "index only", "rank")
+
+
+class PeakMemory:
+    """Samples the RSS of this process and of its Ray worker processes (``ray::*``) in a thread."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self.me = psutil.Process()
+        self._stop = threading.Event()
+        self.driver = self.workers = 0
+
+    def _sample(self) -> None:
+        self.driver = max(self.driver, self.me.memory_info().rss)
+        total = 0
+        for child in self.me.children(recursive=True):
+            try:
+                if child.name().startswith("ray::") or "default_worker.py" in " ".join(child.cmdline()[:3]):
+                    total += child.memory_info().rss
+            except psutil.Error:
+                continue
+        self.workers = max(self.workers, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def stand_in_vectors(sample_vecs: np.ndarray, n: int, sample_rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Real vectors at ``sample_rows``; elsewhere a random sampled vector plus noise, re-normalised."""
+    rng = np.random.default_rng(seed)
+    d = sample_vecs.shape[1]
+    out = sample_vecs[rng.integers(len(sample_vecs), size=n)]
+    out += rng.standard_normal(out.shape).astype(np.float32) * (0.3 / np.sqrt(d))
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    out[sample_rows] = sample_vecs
+    return out.astype(np.float32)
+
+
+def commit_stand_in_embed(store, bundle, vectors: np.ndarray, cfg, note: str) -> None:
+    import pyarrow as pa
+
+    from ltray.embed.encoder import text_hash
+    from ltray.embed.stage import write_shards
+
+    d = vectors.shape[1]
+    table = pa.table({
+        "item_id": pa.array(bundle.item_ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), d),
+        "text_hash": pa.array(text_hash(bundle.items["text"].astype(str).tolist()), pa.string()),
+        "model_id": pa.array(["stand-in"] * len(vectors), pa.string()),
+    })
+    with store.writing("embed", fingerprint=f"stand-in-{len(vectors)}", note=note) as w:
+        write_shards(table, w.path, cfg.embed.shard_rows)
+        (w / "embed.json").write_text(json.dumps({"dim": d, "count": len(vectors), "note": note}))
+
+
+def run_size(n: int, args, root: Path) -> dict:
+    from ltray import pipeline as p
+    from ltray.artifacts import ArtifactStore
+    from ltray.config import load_config
+    from ltray.embed.stage import embed_items
+    from ltray.index.faiss_index import build_tail_and_full
+
+    n_users = max(args.min_users, int(n * args.users_per_item))
+    cfg = load_config(overrides=[
+        f"data.synthetic.n_items={n}", f"data.synthetic.n_users={n_users}",
+        f"data.synthetic.interactions_per_user={args.interactions_per_user}",
+        f"embed.max_length={args.max_length}", f"cf.iterations={args.cf_iterations}",
+        f"rank.epochs={args.rank_epochs}", "rank.num_workers=1",
+    ])
+    store = ArtifactStore(str(root / f"n{n}"))
+    quiet = (lambda msg: None) if not args.verbose else print
+    rows: dict[str, dict] = {}
+
+    def measure(stage: str, fn, extrapolated: bool = False):
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            sec = time.perf_counter() - t0
+        rows[stage] = {"seconds": sec, "driver_mb": mem.driver / MB, "workers_mb": mem.workers / MB,
+                       "extrapolated": extrapolated}
+        return out
+
+    bundle = measure("data", lambda: p.stage_data(store, cfg, False, quiet))
+    if args.embed_sample and n > args.embed_sample:
+        rng = np.random.default_rng(0)
+        sample_rows = np.sort(rng.choice(n, args.embed_sample, replace=False))
+        sample = bundle.items.iloc[sample_rows][["item_id", "text"]]
+        tmp = Path(tempfile.mkdtemp(dir=root))
+        stats = measure("embed", lambda: embed_items(sample, cfg.embed, tmp / "embed"), extrapolated=True)
+        from ltray.embed.stage import load_embeddings
+
+        sample_vecs = load_embeddings(tmp / "embed", sample["item_id"].astype(str).tolist())
+        per_item = rows["embed"]["seconds"] / args.embed_sample
+        rows["embed"].update(seconds=per_item * n, sample=args.embed_sample,
+                             sample_seconds=rows["embed"]["seconds"], sample_items_per_s=stats.get("items_per_s"))
+        vectors = stand_in_vectors(sample_vecs, n, sample_rows)
+        commit_stand_in_embed(store, bundle, vectors, cfg,
+                              f"{args.embed_sample} items embedded, the rest stand-ins (benchmark)")
+    else:
+        vectors = measure("embed", lambda: p.stage_embed(store, cfg, bundle, quiet))
+    models = measure("cf+index", lambda: p.stage_candidates(store, cfg, bundle, vectors, quiet))
+    tail, full = measure("index only", lambda: build_tail_and_full(vectors, bundle.item_segment != 0, cfg.index))
+    rows["index only"]["factory"] = {"tail": tail.factory, "full": full.factory}
+    del tail, full, models
+    if n <= args.rank_max_items:
+        measure("rank", lambda: p.stage_rank(store, cfg, bundle, vectors, quiet))
+    return {"n": n, "users": n_users, "interactions": int(len(bundle.train)), "stages": rows}
+
+
+def fit_slope(ns: list[int], secs: list[float]) -> tuple[float, float]:
+    """time = a * n^b by least squares on logs; returns (b, a)."""
+    b, log_a = np.polyfit(np.log(ns), np.log(secs), 1)
+    return float(b), float(np.exp(log_a))
+
+
+def report(results: list[dict]) -> dict[str, dict]:
+    base = results[0]
+    print(f"\n{'n':>9} {'stage':<11} {'seconds':>9} {'us/item':>9} {'x per item':>10} {'driver MB':>10} "
+          f"{'workers MB':>10}  note")
+    for r in results:
+        for stage in STAGES:
+            row = r["stages"].get(stage)
+            if row is None:
+                continue
+            per = row["seconds"] / r["n"]
+            b = base["stages"].get(stage)
+            ratio = per / (b["seconds"] / base["n"]) if b else float("nan")
+            note = ""
+            if row.get("extrapolated"):
+                note = (f"extrapolated from {row['sample']:,} items in {row['sample_seconds']:.1f}s "
+                        f"({row['sample_seconds'] / row['sample'] * 1e3:.2f} ms/item incl. pool start)")
+            if "factory" in row:
+                note = f"tail {row['factory']['tail']}, full {row['factory']['full']}"
+            print(f"{r['n']:>9,} {stage:<11} {row['seconds']:>9.2f} {per * 1e6:>9.1f} {ratio:>10.2f} "
+                  f"{row['driver_mb']:>10.0f} {row['workers_mb']:>10.0f}  {note}")
+    fits = {}
+    if len(results) >= 2:
+        print("\nGrowth, time = a * n^b (b = 1 is linear):")
+        for stage in STAGES:
+            pts = [(r["n"], r["stages"][stage]["seconds"]) for r in results if stage in r["stages"]]
+            if len(pts) >= 2:
+                b, a = fit_slope([x for x, _ in pts], [y for _, y in pts])
+                fits[stage] = {"slope": b, "a": a, "sizes": [x for x, _ in pts]}
+                print(f"  {stage:<11} b = {b:.2f}  (sizes {', '.join(f'{x:,}' for x, _ in pts)})")
+        ns = [r["n"] for r in results]
+        drv = [max(s["driver_mb"] for s in r["stages"].values()) for r in results]
+        b, _ = fit_slope(ns, drv)
+        fits["driver peak MB"] = {"slope": b}
+        print(f"  driver peak RSS: {', '.join(f'{m:.0f} MB' for m in drv)} (log-log slope {b:.2f}; "
+              "0 would mean flat)")
+    return fits
+
+
+def plot(results: list[dict], fits: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for stage in STAGES:
+        pts = [(r["n"], r["stages"][stage]) for r in results if stage in r["stages"]]
+        if not pts:
+            continue
+        ns = np.array([x for x, _ in pts])
+        secs = np.array([row["seconds"] for _, row in pts])
+        extra = np.array([bool(row.get("extrapolated")) for _, row in pts])
+        label = f"{stage} (b={fits[stage]['slope']:.2f})" if stage in fits else stage
+        line, = ax.plot(ns, secs, "-", label=label)
+        ax.plot(ns[~extra], secs[~extra], "o", color=line.get_color())
+        ax.plot(ns[extra], secs[extra], "o", mfc="white", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("catalog size (items)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("ltray stages vs catalog size (hollow: extrapolated from a sample)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--quick", action="store_true", help="2k and 10k items")
+    ap.add_argument("--embed-sample", type=int, default=5000,
+                    help="above this many items, embed a sample this big and extrapolate (0 = embed all)")
+    ap.add_argument("--rank-max-items", type=int, default=100_000, help="skip the ranker above this size")
+    ap.add_argument("--users-per-item", type=float, default=0.2)
+    ap.add_argument("--min-users", type=int, default=1000)
+    ap.add_argument("--interactions-per-user", type=float, default=20.0)
+    ap.add_argument("--max-length", type=int, default=64, help="encoder tokens per text")
+    ap.add_argument("--cf-iterations", type=int, default=10)
+    ap.add_argument("--rank-epochs", type=int, default=1)
+    ap.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/scale"))
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [2_000, 10_000] if args.quick else sorted(args.sizes)
+    if args.quick:
+        args.embed_sample = min(args.embed_sample or 2_000, 2_000)
+
+    import ray
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    root = Path(tempfile.mkdtemp(prefix="ltray-scale-"))
+    print(f"sizes {sizes}; embed sample {args.embed_sample or 'off'}; ranker up to {args.rank_max_items:,} items; "
+          f"{os.cpu_count()} CPUs; artifacts under {root}")
+    results = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        results.append(run_size(n, args, root))
+        print(f"n={n:,}: done in {time.perf_counter() - t0:.0f}s", flush=True)
+    fits = report(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, fits, args.out / "scale.png")
+    (args.out / "scale.json").write_text(json.dumps({"results": results, "fits": fits}, indent=2, default=float))
+    print(f"\nplot: {args.out / 'scale.png'}\ntable: {args.out / 'scale.json'}")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
