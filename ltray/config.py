@@ -118,7 +118,9 @@ class RankConfig(_Section):
         512.0, ge=0, description="sample sets up to this size are read once into the object store, not per epoch")
     shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer rows per worker; 0 = off")
     lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0, description="on dense weights (SparseAdam tables have none)")
+    sparse_embeddings: Literal["auto", "never", "always"] = Field(
+        "auto", description="sparse id-table gradients: auto = on CPU (gloo), off on GPU (NCCL needs dense)")
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float | None = Field(
         None, gt=0, description="CPUs reserved per Train worker; None = share what data_cpus leaves, at most 1")

@@ -27,12 +27,14 @@ class CrossLayer(nn.Module):
 
 
 class CTRModel(nn.Module):
-    def __init__(self, n_dense: int, id_buckets: int, id_dim: int, cross_layers: int, hidden: tuple[int, ...]):
+    def __init__(self, n_dense: int, id_buckets: int, id_dim: int, cross_layers: int, hidden: tuple[int, ...],
+                 sparse_embeddings: bool = False):
         super().__init__()
         self.config = {"n_dense": int(n_dense), "id_buckets": int(id_buckets), "id_dim": int(id_dim),
                        "cross_layers": int(cross_layers), "hidden": [int(h) for h in hidden]}
-        self.user_emb = nn.Embedding(id_buckets, id_dim)
-        self.item_emb = nn.Embedding(id_buckets, id_dim)
+        # Sparse gradients touch (and all-reduce) only the rows in the batch, not the whole table.
+        self.user_emb = nn.Embedding(id_buckets, id_dim, sparse=sparse_embeddings)
+        self.item_emb = nn.Embedding(id_buckets, id_dim, sparse=sparse_embeddings)
         # Small init: hashed ids start near zero and only move where the data says so.
         nn.init.normal_(self.user_emb.weight, std=0.01)
         nn.init.normal_(self.item_emb.weight, std=0.01)
@@ -52,8 +54,17 @@ class CTRModel(nn.Module):
                    tuple(config["hidden"]))
 
     @classmethod
-    def for_features(cls, spec: dict[str, Any], cfg: RankConfig) -> CTRModel:
-        return cls(spec["n_dense"], spec["id_buckets"], cfg.id_dim, cfg.cross_layers, cfg.hidden)
+    def for_features(cls, spec: dict[str, Any], cfg: RankConfig, sparse_embeddings: bool = False) -> CTRModel:
+        return cls(spec["n_dense"], spec["id_buckets"], cfg.id_dim, cfg.cross_layers, cfg.hidden, sparse_embeddings)
+
+    def optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+        """Adam for dense weights; SparseAdam for sparse embedding tables (lazy, rows in the batch only)."""
+        emb = [self.user_emb.weight, self.item_emb.weight]
+        if not self.user_emb.sparse:
+            return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)]
+        ids = {id(p) for p in emb}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay), torch.optim.SparseAdam(emb, lr=lr)]
 
     def forward(self, user_hash: torch.Tensor, item_hash: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         x0 = torch.cat([self.user_emb(user_hash), self.item_emb(item_hash), dense], dim=1)

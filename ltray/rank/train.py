@@ -2,8 +2,8 @@
 
 Features are built once on the driver with the FeatureBuilder and written as Parquet next
 to the Ray Train storage, so workers (on any node) stream plain tensors and do no feature work.
-Each epoch every worker scores the whole validation set (identical weights give identical
-scores, so the AUC is exact and the same on every rank), rank 0 writes a checkpoint
+Each epoch every worker scores the whole validation set, read straight from its Parquet
+(identical weights give identical scores, so the AUC is exact and the same on every rank), rank 0 writes a checkpoint
 (safetensors + feature spec + config + optimizer state) and early stopping watches
 validation AUC. A restarted worker group resumes from the latest checkpoint.
 """
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import log_loss, roc_auc_score
 
 from ltray.config import RankConfig
-from ltray.rank.features import FeatureBuilder, FeatureContext, features_to_arrow
+from ltray.rank.features import FeatureBuilder, FeatureContext, arrow_to_features, features_to_arrow
 from ltray.rank.model import WEIGHTS_FILE, CTRModel, bce_loss, load_model, save_model
 from ltray.rank.ranker import RANK_CONFIG_FILE
 
@@ -36,6 +36,7 @@ TRAIN_STATE_FILE = "train_state.json"
 METRICS_FILE = "rank.json"
 FAIL_MARKER = "_fail_hook_fired"
 ROWS_PER_FILE = 65_536  # several Parquet files, so the dataset splits into blocks across workers
+VAL_BATCH_ROWS = 65_536
 
 
 class TrainError(RuntimeError):
@@ -78,6 +79,17 @@ def _dataset(uri: str, cfg: RankConfig):
     return ds.materialize() if size <= cfg.materialize_max_mb * 2**20 else ds
 
 
+def _iter_parquet(uri: str, batch_rows: int):
+    """Feature batches straight from Parquet: validation is read whole by every worker, so it needs
+    no Ray Data split (whose per-epoch executor start costs seconds on a small machine)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    fs, root = _fs(uri)
+    for rb in pads.dataset(root, filesystem=fs, format="parquet").to_batches(batch_size=batch_rows):
+        yield arrow_to_features(pa.Table.from_batches([rb]))
+
+
 def resolve_use_gpu(cfg: RankConfig) -> bool:
     import ray
 
@@ -106,32 +118,42 @@ def worker_cpus(cfg: RankConfig) -> float:
 
 
 # -- checkpoint files ------------------------------------------------------------------------
-def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> list[dict[str, Any]]:
-    """Adam state as safetensors (no pickle); param groups come back as JSON-able dicts."""
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{name}": t.detach().cpu().contiguous().reshape(t.shape)
-               for pid, st in sd["state"].items() for name, t in st.items() if torch.is_tensor(t)}
+def _save_optimizers(opts: list[torch.optim.Optimizer], path: Path) -> dict[str, Any]:
+    """Optimizer state as safetensors (no pickle); scalars and param groups come back JSON-able."""
+    tensors, scalars, groups = {}, {}, []
+    for k, opt in enumerate(opts):
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for name, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{k}.{pid}.{name}"] = v.detach().cpu().contiguous()
+                else:  # SparseAdam keeps its step count as a plain int
+                    scalars[f"{k}.{pid}.{name}"] = v
+        groups.append([dict(g) for g in sd["param_groups"]])
     save_file(tensors, str(path))
-    return [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return {"param_groups": groups, "scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path, groups: list[dict[str, Any]]) -> None:
-    flat = load_file(str(path))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in flat.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = t
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def _load_optimizers(opts: list[torch.optim.Optimizer], path: Path, saved: dict[str, Any]) -> None:
+    groups = saved["param_groups"]
+    if len(groups) != len(opts):
+        raise TrainError(f"checkpoint has {len(groups)} optimizers, the model {len(opts)} (sparse setting changed?)")
+    states: list[dict[int, dict[str, Any]]] = [{} for _ in opts]
+    for key, v in [*load_file(str(path)).items(), *saved["scalars"].items()]:
+        k, pid, name = key.split(".", 2)
+        states[int(k)].setdefault(int(pid), {})[name] = v
+    for opt, st, g in zip(opts, states, groups, strict=True):
+        opt.load_state_dict({"state": st, "param_groups": g})
 
 
-def _write_checkpoint(d: Path, model: CTRModel, opt: torch.optim.Optimizer, builder: FeatureBuilder,
+def _write_checkpoint(d: Path, model: CTRModel, opts: list[torch.optim.Optimizer], builder: FeatureBuilder,
                       cfg: RankConfig, state: dict[str, Any]) -> None:
     spec = builder.spec()
     save_model(model, d, spec)
     builder.save(d)
     (d / RANK_CONFIG_FILE).write_text(json.dumps(json.loads(cfg.model_dump_json()), indent=2))
-    groups = _save_optimizer(opt, d / OPTIMIZER_FILE)
-    (d / TRAIN_STATE_FILE).write_text(json.dumps({**state, "param_groups": groups}, indent=2))
+    opt_state = _save_optimizers(opts, d / OPTIMIZER_FILE)
+    (d / TRAIN_STATE_FILE).write_text(json.dumps({**state, "optimizer": opt_state}, indent=2))
 
 
 # -- the per-worker loop ---------------------------------------------------------------------
@@ -186,8 +208,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
 
-    model = CTRModel.for_features(builder.spec(), cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Sparse embedding gradients on CPU (gloo all-reduces them); NCCL needs dense ones.
+    sparse = cfg.sparse_embeddings == "always" or (cfg.sparse_embeddings == "auto" and device.type == "cpu")
+    model = CTRModel.for_features(builder.spec(), cfg, sparse_embeddings=sparse)
+    opts = model.optimizers(cfg.lr, cfg.weight_decay)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "resumes": 0, "history": []}
     ckpt = ray.train.get_checkpoint()
@@ -197,12 +221,11 @@ def _train_loop(config: dict[str, Any]) -> None:
             resumed, _ = load_model(d / WEIGHTS_FILE)
             model.load_state_dict(resumed.state_dict())
             saved = json.loads((d / TRAIN_STATE_FILE).read_text())
-            _load_optimizer(opt, d / OPTIMIZER_FILE, saved.pop("param_groups"))
+            _load_optimizers(opts, d / OPTIMIZER_FILE, saved.pop("optimizer"))
             state = {**saved, "resumes": saved["resumes"] + 1}
     ddp = ray.train.torch.prepare_model(model)
     per_worker_batch = max(1, cfg.batch_size // world)
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     dtypes = {"user_hash": torch.int64, "item_hash": torch.int64, "dense": torch.float32, "label": torch.float32}
 
     for epoch in range(state["epoch"], cfg.epochs):
@@ -221,9 +244,11 @@ def _train_loop(config: dict[str, Any]) -> None:
             _fail_hook(config, state["step"], rank, world)
             logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"])
             loss = bce_loss(logits, batch["label"])
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
             state["step"] += 1
             n_seen += len(logits)
             preds.append(torch.sigmoid(logits.detach()).cpu().numpy())
@@ -238,12 +263,14 @@ def _train_loop(config: dict[str, Any]) -> None:
         # Every rank scores all of validation: same weights, same scores, an exact AUC everywhere.
         ddp.eval()
         vp, vl = [], []
+        t_val = time.perf_counter()
         with torch.inference_mode():
-            for batch in val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 4096), dtypes=dtypes,
-                                                      device=device):
-                vp.append(torch.sigmoid(model(batch["user_hash"], batch["item_hash"], batch["dense"])).cpu().numpy())
-                vl.append(batch["label"].cpu().numpy())
+            for feats in _iter_parquet(config["val_uri"], VAL_BATCH_ROWS):
+                logits = model(*(torch.from_numpy(feats[k]).to(device) for k in ("user_hash", "item_hash", "dense")))
+                vp.append(torch.sigmoid(logits).cpu().numpy())
+                vl.append(feats["label"])
         val_logloss, val_auc = _safe_metrics(np.concatenate(vl), np.concatenate(vp))
+        t_val = time.perf_counter() - t_val
 
         improved = val_auc > state["best_val_auc"]
         if improved:
@@ -255,12 +282,12 @@ def _train_loop(config: dict[str, Any]) -> None:
                    "val_logloss": val_logloss, "val_auc": val_auc, "best_val_auc": state["best_val_auc"],
                    "best_epoch": state["best_epoch"], "step": state["step"], "resumes": state["resumes"],
                    "train_samples": n_total, "train_seconds": t_train, "samples_per_s": n_total / max(t_train, 1e-9),
-                   "data_seconds": t_data, "compute_seconds": t_compute, "world_size": world}
+                   "data_seconds": t_data, "compute_seconds": t_compute, "val_seconds": t_val, "world_size": world}
         state["history"].append(metrics)
         stop = state["bad_epochs"] >= cfg.early_stopping_patience
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                _write_checkpoint(Path(tmp), model, opt, builder, cfg, state)
+                _write_checkpoint(Path(tmp), model, opts, builder, cfg, state)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"epoch_{epoch:04d}")
         else:
@@ -309,7 +336,8 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"rank": json.loads(cfg.model_dump_json()), "builder": builder,
-                           "fail_at_step": fail_at, "fail_marker": _join(samples, FAIL_MARKER)},
+                           "val_uri": _join(samples, "val"), "fail_at_step": fail_at,
+                           "fail_marker": _join(samples, FAIL_MARKER)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -317,11 +345,13 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_auc",
                                                          checkpoint_score_order="max")),
-        datasets={"train": _dataset(_join(samples, "train"), cfg), "val": _dataset(_join(samples, "val"), cfg)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": _dataset(_join(samples, "train"), cfg)},
     )
     t1 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainError(f"CTR training failed after {cfg.max_failures} retries: {e}") from e
     t_fit = time.perf_counter() - t1
     if result.error is not None:
         raise TrainError(f"CTR training failed: {result.error}") from result.error
