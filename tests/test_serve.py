@@ -318,6 +318,9 @@ def test_killing_a_ranker_replica_under_load(server, recommender):
         t.join(timeout=300)
     assert len(results) == total
     failed = [ts for ts, ok in results if not ok]
+    after = sum(ts > killed_at for ts, _ in results)
+    print(f"replica kill: {len(failed)} of {total} requests failed; {after} finished after the kill")
+    assert after > total // 2, "the kill did not happen under load"
     assert len(failed) / total < 0.02, f"{len(failed)} of {total} failed"
     assert all(ts - killed_at < 15 for ts in failed)
     # Serve replaced the replica: a new actor name, and the app is ready again.
@@ -354,3 +357,23 @@ def test_build_app_arguments():
         serve_config_from_args({})
     with pytest.raises(ValueError, match="unknown build_app arguments"):
         serve_config_from_args({"artifacts": "x", "port": 1})
+
+
+def test_metrics_reach_rays_prometheus_endpoint(server, recommender):
+    """Each stage exports request counts, latencies and served tail share through Ray's metrics agent."""
+    import ray
+
+    for user in _known_users(recommender, 3):
+        server.post("/recommend", json={"user_id": user, "k": 10})
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    want = {f'stage="{s}"' for s in ("Ingress", "CFRecall", "TailRetrieval", "CTRRanker")}
+    deadline = time.time() + 60
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = [ln for ln in text.splitlines() if ln.startswith("ray_ltray_")]
+        found = {name: {s for s in want if any(s in ln for ln in lines if ln.startswith(name))}
+                 for name in ("ray_ltray_requests", "ray_ltray_latency_ms_bucket", "ray_ltray_tail_share")}
+        if all(v == want for v in found.values()):
+            break
+        assert time.time() < deadline, f"metrics missing after 60 s: {found}"
+        time.sleep(2)
