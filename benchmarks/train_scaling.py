@@ -97,6 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small data, 2 epochs: a smoke run")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default: rank.batch_size)")
     args = ap.parse_args()
 
     import ray
@@ -113,6 +114,8 @@ def main() -> None:
                  "rank.id_buckets=4096", "rank.batch_size=256"]
     epochs = args.epochs or (2 if args.quick else 3)
     over += [f"rank.epochs={epochs}", f"rank.early_stopping_patience={epochs}"]  # fixed epochs: no early stop
+    if args.batch_size:
+        over.append(f"rank.batch_size={args.batch_size}")
     cfg = load_config(overrides=over)
     from ltray.data.synthetic import generate
 
@@ -172,8 +175,13 @@ def main() -> None:
     print(f"  probe ({probe['params']:,.0f} params, half batch): step without all-reduce "
           f"{probe['local_s'] * 1e3:.1f} ms, with {probe['synced_s'] * 1e3:.1f} ms -> all-reduce "
           f"{comm * 1e3:.1f} ms/step ({comm / max(probe['synced_s'], 1e-9):.0%} of a synced step)")
+    print(f"  compute alone scales {per_step1 / max(probe['local_s'], 1e-9):.2f}x (1-worker full-batch step / "
+          f"2-worker half-batch step without all-reduce; 2.0 = two free cores)")
+    load = os.getloadavg()
+    print(f"  machine load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
+          "(other processes share these cores)")
     if ratio < 1.6:
-        print("  target not reached: the shares above say why (see the README note on this machine).")
+        print("  target not reached: the all-reduce share and the compute-alone scaling above say why.")
     ray.shutdown()
 
 
