@@ -98,8 +98,9 @@ class VectorIndex:
     """
 
     def __init__(self, dim: int, factory: str = "Flat", *, nprobe: int = 32, ef_search: int = 128,
-                 ef_construction: int = 40, train_sample: int = 200_000, seed: int = 0):
+                 ef_construction: int = 40, train_sample: int = 200_000, train_iters: int = 10, seed: int = 0):
         self.dim, self.factory = int(dim), factory
+        self.train_iters = int(train_iters)
         self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
         self.train_sample, self.seed = train_sample, seed
         self.on_gpu = False
@@ -110,7 +111,8 @@ class VectorIndex:
     def for_size(cls, n: int, dim: int, cfg: IndexConfig | None = None) -> VectorIndex:
         cfg = cfg or IndexConfig()
         return cls(dim, choose_factory(n, dim, cfg), nprobe=cfg.ivf_nprobe, ef_search=cfg.hnsw_ef_search,
-                   ef_construction=cfg.hnsw_ef_construction, train_sample=cfg.train_sample)
+                   ef_construction=cfg.hnsw_ef_construction, train_sample=cfg.train_sample,
+                   train_iters=cfg.ivf_train_iters)
 
     # ---------------------------------------------------------------- internals
     def _new_index(self):
@@ -118,7 +120,9 @@ class VectorIndex:
         inner = _unwrap(base)
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efConstruction = self.ef_construction
-        if faiss.try_extract_index_ivf(base) is not None:
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None:
+            ivf.cp.niter = self.train_iters
             index = base  # native ids (see the module docstring for why not IndexIDMap2)
         else:
             index = faiss.IndexIDMap2(base)
@@ -299,6 +303,7 @@ class VectorIndex:
         obj.nprobe = int(nprobe if nprobe is not None else cfg.ivf_nprobe)
         obj.ef_search = int(ef_search if ef_search is not None else cfg.hnsw_ef_search)
         obj.ef_construction, obj.train_sample, obj.seed = cfg.hnsw_ef_construction, cfg.train_sample, 0
+        obj.train_iters = cfg.ivf_train_iters
         obj.factory = _describe(index)
         obj._apply_search_params()
         obj._ids = np.sort(_stored_ids(index))
