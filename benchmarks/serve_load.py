@@ -11,7 +11,6 @@ limit serving could reach). Without --artifacts it fits MovieLens into artifacts
 (a few minutes; a no-op when already there). --quick: the small synthetic config, fewer requests.
 """
 
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -170,8 +169,10 @@ def measure(name: str, app, url: str, bodies_file: Path, levels: list[int], warm
 
 
 def in_process(artifacts: str, bodies: list[dict]) -> dict:
+    from deployments.stages import limit_threads
     from ltray.pipeline import load_recommender
 
+    limit_threads(1)  # as in each Serve replica: one thread per pool
     rec = load_recommender(artifacts)
     for b in bodies[:10]:
         rec.recommend(b["user_id"], k=b["k"])
@@ -230,6 +231,8 @@ def main() -> None:
     print(f"artifacts {artifacts}; {len(users):,} users; {n_req} requests per level; "
           f"{os.cpu_count()} CPUs; Ray {ray.__version__}", flush=True)
     results = {"floor": measure("floor", build_floor_app(cfg), url, bodies_file, levels, warmup, "/docs")}
+    if any(r["errors"] for r in results["floor"].values()):
+        raise SystemExit("the floor app answered with errors; its figures would mean nothing")
     for topo in args.topologies.split(","):
         tcfg = cfg.model_copy(update={"topology": topo})
         results[topo] = measure(topo, build(artifacts, tcfg), url, bodies_file, levels, warmup, "/readyz")
@@ -244,7 +247,7 @@ def main() -> None:
             r, f = results[topo][c], floor[c]
             print(f"  {topo:<10} clients={c:>2}  +{r['p50'] - f['p50']:6.1f} ms   p50 x{r['p50'] / f['p50']:.2f}   "
                   f"throughput x{r['rps'] / f['rps']:.2f}")
-    print(f"\nin-process Recommender: p50 {inproc['p50']:.1f} ms, {inproc['rps']:.1f} req/s (one thread, "
+    print(f"\nin-process Recommender: p50 {inproc['p50']:.1f} ms, {inproc['rps']:.1f} req/s (one caller, 1 thread, "
           f"{inproc['n']} calls) -- the limit serving could reach")
     top = levels[-1]
     for topo in (t for t in results if t != "floor"):
