@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -255,7 +256,9 @@ def main(argv=None) -> int:
 
     import ray
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="ltray-scale-"))
     print(f"sizes {sizes}; embed sample {args.embed_sample or 'off'}; ranker up to {args.rank_max_items:,} items; "
           f"{os.cpu_count()} CPUs; artifacts under {root}")
