@@ -165,7 +165,8 @@ def load_recommender(artifacts: str | Path, cfg: Config | None = None):
     blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
     explainer = Explainer(titles, item_keywords(items["text"].tolist()))
-    rec = Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"), explainer=explainer)
+    rec = Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"), explainer=explainer,
+                      ranker_weight=blend.get("ranker_weight"))
     rec.version = store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
     return rec
 

@@ -23,8 +23,25 @@ from ltray.text_mining import shared_keywords
 _REASON_MIN_COSINE = 0.5
 
 
+# How many of a user's latest items describe their current taste in CF space.
+RECENT_FACTOR_ITEMS = 5
+
+
+def recent_factor(item_factors: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """Mean unit ALS factor of the user's last few items (zeros without history)."""
+    rows = np.asarray(recent[:RECENT_FACTOR_ITEMS], np.int64)
+    if not len(rows):
+        return np.zeros(item_factors.shape[1], np.float32)
+    f = item_factors[rows].astype(np.float64)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return f.mean(axis=0).astype(np.float32)
+
+
 def feature_context(m: CandidateModels) -> FeatureContext:
+    recent = np.stack([recent_factor(m.als.item_factors, r) for r in m.user_recent]) if len(m.user_recent) else (
+        np.zeros((0, m.als.item_factors.shape[1]), np.float32))
     return FeatureContext(
+        user_recent_factors=recent,
         item_ids=m.item_ids, item_vectors=m.item_vectors, item_factors=m.als.item_factors,
         item_bridge=m.item_bridge, item_pop=m.item_pop, item_segment=m.item_segment,
         user_ids=m.user_ids, user_factors=m.als.user_factors, user_profiles=m.user_profiles,
@@ -63,25 +80,51 @@ class Recommender:
     """recommend(user) -> ranked items with score, segment, source and reason."""
 
     def __init__(self, models: CandidateModels, ranker: Ranker | None, cfg: Config,
-                 tail_share: float | None = None, explainer: Explainer | None = None):
+                 tail_share: float | None = None, explainer: Explainer | None = None,
+                 ranker_weight: float | None = None):
         self.models = models
         self.generator = CandidateGenerator(models, cfg)
         self.ranker = ranker
         self.cfg = cfg
         self.ctx = feature_context(models)
         self.tail_share = cfg.blend.tail_share if cfg.blend.tail_share is not None else (tail_share or 0.0)
+        w = cfg.blend.ranker_weight if cfg.blend.ranker_weight is not None else ranker_weight
+        self.ranker_weight = 1.0 if w is None else float(w)
         self.explainer = explainer
 
     # -- scoring --------------------------------------------------------------------
     def score(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> np.ndarray:
-        if self.ranker is None or state is None:
-            # No ranker, or a user we know nothing of: keep the generator's own order.
-            return _source_order(cands)
+        """The final score: the user's standardised ALS score plus ranker_weight x the ranker's logit."""
+        cf_z, logit = self.score_parts(user_id, state, cands)
+        return combine(cf_z, logit, self.ranker_weight)
+
+    def score_parts(self, user_id: str, state: UserState | None, cands: pd.DataFrame
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(standardised ALS score, ranker logit or None) for every candidate."""
+        if state is None or not np.any(state.factor):
+            # A user we know nothing of: keep the generator's own order.
+            return _source_order(cands), None
+        cf_z = self.cf_z(state.factor, cands["item_idx"].to_numpy(np.int64))
+        if self.ranker is None:
+            return cf_z, None
+        p = np.clip(self._ranker_prob(user_id, state, cands).astype(np.float64), 1e-7, 1 - 1e-7)
+        return cf_z, np.log(p / (1 - p)).astype(np.float32)
+
+    def cf_z(self, factor: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """ALS scores standardised over the whole catalog for this user (comparable across users)."""
+        mu, cov = self.ctx.factor_stats
+        u = np.asarray(factor, np.float64)
+        raw = self.models.als.item_factors[item_idx].astype(np.float64) @ u
+        std = np.sqrt(max(float(u @ cov @ u), 0.0)) + 1e-12
+        return ((raw - u @ mu) / std).astype(np.float32)
+
+    def _ranker_prob(self, user_id: str, state: UserState, cands: pd.DataFrame) -> np.ndarray:
         table = cands.assign(user_id=str(user_id))
         override = None
         if self.generator.user_row(user_id) is None or len(state.recent) != len(
                 self.models.user_recent[self.generator.user_row(user_id)]):
-            override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts)}
+            override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts,
+                                                    recent_factor(self.models.als.item_factors, state.recent))}
         return self.ranker.score(self.ctx, table, users_override=override,
                                  debias_popularity=self.cfg.rank.debias_popularity)
 
@@ -92,7 +135,10 @@ class Recommender:
             state = UserState(state.factor, state.profile, state.recent, np.zeros(0, np.int64), state.n,
                               state.last_ts)
         cands = self.generator.candidates(state)
-        cands["score"] = self.score(user_id, state, cands)
+        cf_z, logit = self.score_parts(user_id, state, cands)
+        cands["cf_z"] = cf_z
+        cands["ranker_logit"] = np.zeros(len(cands), np.float32) if logit is None else logit
+        cands["score"] = combine(cf_z, logit, self.ranker_weight)
         return state, cands
 
     # -- the public call --------------------------------------------------------------
@@ -113,16 +159,29 @@ class Recommender:
                              for i, s in zip(out["item_idx"], out["source"], strict=True)]
         return out
 
-    def recommend_rows(self, user_ids, k: int, tail_shares=(None,)) -> dict[float | None, np.ndarray]:
-        """Batch form for evaluation: one (n_users, k) item-row array per tail_share, ranked once."""
-        out = {s: np.full((len(user_ids), k), -1, np.int64) for s in tail_shares}
+    def recommend_rows(self, user_ids, k: int, settings=((None, None),)) -> dict[tuple, np.ndarray]:
+        """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share).
+
+        Candidates are generated and scored once per user; None means the Recommender's own value.
+        """
+        out = {st: np.full((len(user_ids), k), -1, np.int64) for st in settings}
         for r, u in enumerate(user_ids):
             _, cands = self.rank_candidates(u)
-            for s in tail_shares:
-                share = self.tail_share if s is None else s
-                rows = blend(cands, k, share, self.cfg.blend.method)["item_idx"].to_numpy()
-                out[s][r, : len(rows)] = rows
+            for w, share in settings:
+                weight = self.ranker_weight if w is None else w
+                scored = cands.assign(score=combine(cands["cf_z"].to_numpy(), cands["ranker_logit"].to_numpy(),
+                                                    weight))
+                rows = blend(scored, k, self.tail_share if share is None else share,
+                             self.cfg.blend.method)["item_idx"].to_numpy()
+                out[(w, share)][r, : len(rows)] = rows
         return out
+
+
+def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:
+    """cf_z + w * logit; w = 0 keeps ALS's order, a large w is the ranker alone."""
+    if logit is None:
+        return np.asarray(cf_z, np.float32)
+    return (np.asarray(cf_z, np.float64) + ranker_weight * np.asarray(logit, np.float64)).astype(np.float32)
 
 
 def _source_order(cands: pd.DataFrame) -> np.ndarray:

@@ -101,33 +101,36 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     items = bundle.items
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
     rec = Recommender(models, ranker, cfg, tail_share=blend_choice["tail_share"],
-                      explainer=Explainer(titles, item_keywords(items["text"].tolist())))
+                      explainer=Explainer(titles, item_keywords(items["text"].tolist())),
+                      ranker_weight=blend_choice.get("ranker_weight"))
     test = bundle.test
     users = np.array([u for u in np.unique(test["user_id"].astype(str)) if rec.generator.user_row(u) is not None])
     upos = {u: i for i, u in enumerate(users)}
     test_csr = _csr(test, upos, rec.generator.item_rows(test["item_id"].to_numpy()), len(bundle.item_ids))
     grid = tuple(cfg.eval.tail_share_grid)
     t_rec = time.perf_counter()
-    lists = rec.recommend_rows(users, K_MAX, tail_shares=(None, *grid))
+    lists = rec.recommend_rows(users, K_MAX, settings=[(None, None), *((None, s) for s in grid)])
     rec_seconds = time.perf_counter() - t_rec
     seg, pop = models.item_segment, models.item_pop
     ks = tuple(cfg.eval.ks)
-    table = {"ltray": evaluate(lists[None], test_csr, seg, pop, ks=ks)}
+    ours = lists[(None, None)]
+    table = {"ltray": evaluate(ours, test_csr, seg, pop, ks=ks)}
     curve = []
     for s in grid:
-        m = evaluate(lists[s], test_csr, seg, pop, ks=(K_MAX,))
+        m = evaluate(lists[(None, s)], test_csr, seg, pop, ks=(K_MAX,))
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
     base_lists = run_baselines(bundle, vectors, cfg, users, test_csr, log)
     for name, recs in base_lists.items():
         table[name] = evaluate(recs, test_csr, seg, pop, ks=ks)
-    deciles = {"ltray": decile_exposure(lists[None], pop, K_MAX), "ALS": decile_exposure(base_lists["ALS"], pop, K_MAX)}
-    lorenz = {"ltray": lorenz_curve(lists[None], len(seg), K_MAX), "ALS": lorenz_curve(base_lists["ALS"], len(seg), K_MAX)}
+    deciles = {"ltray": decile_exposure(ours, pop, K_MAX), "ALS": decile_exposure(base_lists["ALS"], pop, K_MAX)}
+    lorenz = {"ltray": lorenz_curve(ours, len(seg), K_MAX), "ALS": lorenz_curve(base_lists["ALS"], len(seg), K_MAX)}
     examples = _examples(rec, bundle, users, cfg.eval.example_users)
     timings = dict(bundle.timings)
     timings["eval"] = time.perf_counter() - t0
     notes = [
-        f"Operating point: tail_share={blend_choice['tail_share']:.2f}, chosen on a validation split "
+        f"Operating point: tail_share={blend_choice['tail_share']:.2f}, "
+        f"ranker_weight={blend_choice.get('ranker_weight', 1.0):g}, chosen on a validation split "
         f"({blend_choice.get('rule', '')}).",
         f"ltray recommended for {len(users)} users in {rec_seconds:.1f}s "
         f"({len(users) / max(rec_seconds, 1e-9):.0f} users/s, all tail shares at once).",

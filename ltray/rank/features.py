@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ltray.config import RankConfig
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 SOURCE_FLAGS = ("from_cf", "from_tail", "from_bridge", "from_pop")
 SEGMENT_NAMES = ("head", "tail", "cold")
 SEGMENT_CODES = {"head": 0, "tail": 1, "cold": 2}
@@ -44,6 +44,7 @@ class UserState:
     profile: np.ndarray  # (d,) recency-weighted text profile
     n: float = 0.0  # training interactions
     last_ts: int | None = None  # last interaction time; None = now
+    recent_factor: np.ndarray | None = None  # (f,) mean unit ALS factor of the last few items
 
 
 @dataclass
@@ -62,14 +63,17 @@ class FeatureContext:
     user_n: np.ndarray  # float32 (n_users,)
     user_last_ts: np.ndarray  # int64 (n_users,)
     now_ts: int
+    user_recent_factors: np.ndarray | None = None  # float32 (n_users, f); None = zeros
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, m = len(self.item_ids), len(self.user_ids)
+        if self.user_recent_factors is None:
+            self.user_recent_factors = np.zeros_like(self.user_factors, dtype=np.float32)
         for name in ("item_vectors", "item_factors", "item_bridge", "item_pop", "item_segment"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FeatureContext.{name} has {len(getattr(self, name))} rows, expected {n}")
-        for name in ("user_factors", "user_profiles", "user_n", "user_last_ts"):
+        for name in ("user_factors", "user_profiles", "user_n", "user_last_ts", "user_recent_factors"):
             if len(getattr(self, name)) != m:
                 raise ValueError(f"FeatureContext.{name} has {len(getattr(self, name))} rows, expected {m}")
         if self.item_factors.shape[1] != self.user_factors.shape[1]:
@@ -88,6 +92,17 @@ class FeatureContext:
     @cached_property
     def item_index(self) -> dict[str, int]:
         return {str(x): i for i, x in enumerate(self.item_ids)}
+
+    @cached_property
+    def factor_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the item factors: they standardise a user's ALS scores."""
+        f = self.item_factors.astype(np.float64)
+        return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+    @cached_property
+    def unit_item_factors(self) -> np.ndarray:
+        f = self.item_factors.astype(np.float64)
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
 
     @cached_property
     def item_hash(self) -> np.ndarray:
@@ -135,6 +150,7 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray, overrides: dict[str,
     prof = np.zeros((len(uniq), d), np.float32)
     n = np.zeros(len(uniq), np.float32)
     last = np.full(len(uniq), ctx.now_ts, np.int64)
+    rfac = np.zeros((len(uniq), f), np.float32)
     overrides = overrides or {}
     for j, u in enumerate(uniq):
         state = overrides.get(u)
@@ -143,12 +159,15 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray, overrides: dict[str,
             prof[j] = np.asarray(state.profile, np.float32).reshape(d)
             n[j] = state.n
             last[j] = ctx.now_ts if state.last_ts is None else state.last_ts
+            if state.recent_factor is not None:
+                rfac[j] = np.asarray(state.recent_factor, np.float32).reshape(f)
             continue
         row = ctx.user_index.get(u)
         if row is not None:
             fac[j], prof[j] = ctx.user_factors[row], ctx.user_profiles[row]
             n[j], last[j] = ctx.user_n[row], ctx.user_last_ts[row]
-    return fac, prof, n, last, uniq, inv.reshape(-1)
+            rfac[j] = ctx.user_recent_factors[row]
+    return fac, prof, n, last, rfac, uniq, inv.reshape(-1)
 
 
 class FeatureBuilder:
@@ -180,7 +199,8 @@ class FeatureBuilder:
     def dense_names(self) -> list[str]:
         k = self.reduced_dim
         return ([f"item_text_{i}" for i in range(k)] + [f"user_text_{i}" for i in range(k)]
-                + ["profile_cosine", "als_score", "bridge_score", *SOURCE_FLAGS, "log_item_pop"]
+                + ["profile_cosine", "als_score", "als_z", "recent_cf_cosine", "bridge_score", *SOURCE_FLAGS,
+                   "log_item_pop"]
                 + [f"segment_{s}" for s in SEGMENT_NAMES] + ["log_user_n", "log_days_since_last"])
 
     def _unscaled_mask(self) -> np.ndarray:
@@ -230,7 +250,7 @@ class FeatureBuilder:
         if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= ctx.n_items):
             raise ValueError(f"item_idx out of range [0, {ctx.n_items})")
         user_ids = table["user_id"].astype(str).to_numpy()
-        fac, prof, n, last, _, inv = _user_arrays(ctx, user_ids, users_override)
+        fac, prof, n, last, rfac, _, inv = _user_arrays(ctx, user_ids, users_override)
         # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
         # not depend on which other rows it is built with (training bulk vs one Serve request).
         v = ctx.item_vectors[item_idx].astype(np.float64)
@@ -241,6 +261,16 @@ class FeatureBuilder:
         cos = (p * v).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(v, axis=1) + _EPS)
         uf = fac[inv].astype(np.float64)
         als = (uf * ctx.item_factors[item_idx]).sum(1)
+        # The ALS score standardised over the whole catalog for this user: comparable across users.
+        mu, cov = ctx.factor_stats
+        fac64 = fac.astype(np.float64)
+        u_mean = fac64 @ mu
+        u_std = np.sqrt(np.maximum(np.einsum("uf,fg,ug->u", fac64, cov, fac64), 0.0)) + _EPS
+        als_z = (als - u_mean[inv]) / u_std[inv]
+        # Similarity to what the user took last (session-like taste), in CF space.
+        rf = rfac.astype(np.float64)[inv]
+        rf_norm = np.linalg.norm(rf, axis=1) + _EPS
+        recent_cos = (rf * ctx.unit_item_factors[item_idx]).sum(1) / rf_norm
         bridge = (uf * ctx.item_bridge[item_idx]).sum(1)
         flags = np.stack([table[c].to_numpy(dtype=np.float32) if c in table else np.zeros(len(table), np.float32)
                           for c in SOURCE_FLAGS], axis=1)
@@ -249,7 +279,8 @@ class FeatureBuilder:
             log_pop = np.full_like(log_pop, self._pop_constant())
         seg = np.eye(len(SEGMENT_NAMES), dtype=np.float32)[ctx.item_segment[item_idx].astype(np.int64)]
         days = np.maximum(ctx.now_ts - last, 0).astype(np.float64) / DAY_S
-        cols = [item_text, user_text[inv], cos[:, None], als[:, None], bridge[:, None], flags, log_pop[:, None],
+        cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
+                bridge[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
         return np.concatenate([np.asarray(c, np.float64).reshape(len(table), -1) for c in cols], axis=1)
 
