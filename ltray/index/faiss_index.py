@@ -45,6 +45,13 @@ def pq_m(dim: int, cfg: IndexConfig) -> int:
     return m
 
 
+def resolve_nprobe(nlist: int, nprobe: int | None, probe_share: float = 1 / 64, min_nprobe: int = 16) -> int:
+    """Cells probed per query: nprobe when given, else a share of the cells (recall at fixed nprobe falls
+    as nlist grows with the catalog; a fixed share keeps it roughly level), never more than nlist."""
+    want = nprobe if nprobe is not None else max(min_nprobe, math.ceil(nlist * probe_share))
+    return int(max(1, min(want, nlist)))
+
+
 def choose_factory(n: int, dim: int, cfg: IndexConfig) -> str:
     """The FAISS ``index_factory`` string for ``n`` vectors of ``dim`` dimensions."""
     if cfg.factory:
@@ -97,10 +104,11 @@ class VectorIndex:
     ``min(k, ntotal)`` results per query and never an id of -1.
     """
 
-    def __init__(self, dim: int, factory: str = "Flat", *, nprobe: int = 32, ef_search: int = 128,
-                 ef_construction: int = 40, train_sample: int = 200_000, train_iters: int = 10, seed: int = 0):
+    def __init__(self, dim: int, factory: str = "Flat", *, nprobe: int | None = None, probe_share: float = 1 / 64,
+                 min_nprobe: int = 16, ef_search: int = 128, ef_construction: int = 40, train_sample: int = 200_000,
+                 train_iters: int = 10, seed: int = 0):
         self.dim, self.factory = int(dim), factory
-        self.train_iters = int(train_iters)
+        self.probe_share, self.min_nprobe, self.train_iters = float(probe_share), int(min_nprobe), int(train_iters)
         self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
         self.train_sample, self.seed = train_sample, seed
         self.on_gpu = False
@@ -110,7 +118,8 @@ class VectorIndex:
     @classmethod
     def for_size(cls, n: int, dim: int, cfg: IndexConfig | None = None) -> VectorIndex:
         cfg = cfg or IndexConfig()
-        return cls(dim, choose_factory(n, dim, cfg), nprobe=cfg.ivf_nprobe, ef_search=cfg.hnsw_ef_search,
+        return cls(dim, choose_factory(n, dim, cfg), nprobe=cfg.ivf_nprobe, probe_share=cfg.ivf_probe_share,
+                   min_nprobe=cfg.ivf_min_nprobe, ef_search=cfg.hnsw_ef_search,
                    ef_construction=cfg.hnsw_ef_construction, train_sample=cfg.train_sample,
                    train_iters=cfg.ivf_train_iters)
 
@@ -131,6 +140,8 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
+        if self.on_gpu:
+            return self._gpu_kind[0]
         inner = _unwrap(self.index)
         if isinstance(inner, faiss.IndexIVF):
             return "ivf"
@@ -142,7 +153,7 @@ class VectorIndex:
         index = self.index if index is None else index
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
-            ivf.nprobe = int(min(self.nprobe, ivf.nlist))
+            ivf.nprobe = resolve_nprobe(ivf.nlist, self.nprobe, self.probe_share, self.min_nprobe)
         inner = _unwrap(index)
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efSearch = int(self.ef_search)
@@ -155,7 +166,12 @@ class VectorIndex:
         if not self.on_gpu:
             self._apply_search_params()
         else:
-            faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
+            self._gpu_nprobe()
+
+    def _gpu_nprobe(self) -> None:
+        nlist = self._gpu_kind[1]
+        faiss.GpuParameterSpace().set_index_parameter(
+            self.index, "nprobe", resolve_nprobe(nlist, self.nprobe, self.probe_share, self.min_nprobe))
 
     def _check_ids(self, ids: np.ndarray, n: int) -> np.ndarray:
         ids = np.ascontiguousarray(np.atleast_1d(np.asarray(ids)).astype(np.int64))
@@ -275,10 +291,13 @@ class VectorIndex:
         if not hasattr(faiss, "index_cpu_to_all_gpus") or not use_gpu_decision(
                 use_gpu, faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0, self.factory):
             return False
+        ivf = faiss.try_extract_index_ivf(self.index)
+        self._gpu_kind = (self.kind, int(ivf.nlist) if ivf is not None else 1)  # GPU indexes do not downcast
         try:
             self.index = faiss.index_cpu_to_all_gpus(self.index)
             self.on_gpu = True
-            faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
+            if self.kind == "ivf":
+                self._gpu_nprobe()
         except RuntimeError as e:  # e.g. an index type without a GPU version
             if use_gpu == "always":
                 raise
@@ -300,7 +319,8 @@ class VectorIndex:
         index = faiss.read_index(str(path))
         obj = cls.__new__(cls)
         obj.dim, obj.on_gpu, obj.index = int(index.d), False, index
-        obj.nprobe = int(nprobe if nprobe is not None else cfg.ivf_nprobe)
+        obj.nprobe = nprobe if nprobe is not None else cfg.ivf_nprobe
+        obj.probe_share, obj.min_nprobe = cfg.ivf_probe_share, cfg.ivf_min_nprobe
         obj.ef_search = int(ef_search if ef_search is not None else cfg.hnsw_ef_search)
         obj.ef_construction, obj.train_sample, obj.seed = cfg.hnsw_ef_construction, cfg.train_sample, 0
         obj.train_iters = cfg.ivf_train_iters
