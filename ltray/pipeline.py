@@ -148,8 +148,10 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     return Ranker.load(path), json.loads((path / "blend.json").read_text())
 
 
-def load_recommender(artifacts: str | Path, cfg: Config | None = None):
-    """The Recommender a run folder describes (what Serve and `ltray recommend` use)."""
+def load_recommender(artifacts: str | Path, cfg: Config | None = None, faiss_indexes: bool = True):
+    """The Recommender a run folder describes (what Serve and `ltray recommend` use).
+
+    `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
     from ltray.embed.stage import load_embeddings
     from ltray.rank.ranker import Ranker
     from ltray.recommend import Explainer, Recommender
@@ -160,7 +162,8 @@ def load_recommender(artifacts: str | Path, cfg: Config | None = None):
     items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
     item_ids = items["item_id"].to_numpy().astype(str)
     vectors = load_embeddings(store.stage_path("embed"), item_ids)
-    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors)
+    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors,
+                                  faiss_indexes=faiss_indexes)
     ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
     blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
