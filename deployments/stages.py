@@ -17,7 +17,6 @@ few item rows) and candidate tables of item rows and scores -- never the item ma
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -164,20 +163,12 @@ class RankStage:
     """
 
     def __init__(self, art: Artifacts):
-        from ltray.rank.ranker import Ranker
-        from ltray.recommend import Explainer, Recommender
-        from ltray.text_mining import item_keywords
+        from ltray.pipeline import load_recommender
 
         self.cfg = art.cfg
         self.version = art.version
-        store = art.store
-        ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
-        blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
-        items = art.items
-        titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
-        explainer = Explainer(titles, item_keywords(items["text"].tolist()))
-        self.rec = Recommender(art.models(faiss_indexes=False), ranker, art.cfg,
-                               tail_share=blend.get("tail_share"), explainer=explainer)
+        # The very Recommender offline code builds (blend choice, explainer), minus the FAISS indexes.
+        self.rec = load_recommender(art.uri, art.cfg, faiss_indexes=False)
 
     @property
     def default_tail_share(self) -> float:
