@@ -135,11 +135,15 @@ class Recommender:
             state = UserState(state.factor, state.profile, state.recent, np.zeros(0, np.int64), state.n,
                               state.last_ts)
         cands = self.generator.candidates(state)
+        return state, self.score_candidates(user_id, state, cands)
+
+    def score_candidates(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> pd.DataFrame:
+        """Adds cf_z, ranker_logit and the final score to a candidate table (in place; Serve's ranker too)."""
         cf_z, logit = self.score_parts(user_id, state, cands)
         cands["cf_z"] = cf_z
         cands["ranker_logit"] = np.zeros(len(cands), np.float32) if logit is None else logit
         cands["score"] = combine(cf_z, logit, self.ranker_weight)
-        return state, cands
+        return cands
 
     # -- the public call --------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 20, tail_share: float | None = None, exclude_seen: bool = True,
