@@ -161,6 +161,8 @@ class BlendConfig(_Section):
     n_tail: int = Field(100, ge=0)
     n_bridge: int = Field(100, ge=0)
     tail_share: float | None = Field(None, ge=0, le=1, description="None = chosen on validation")
+    cold_share: float | None = Field(None, ge=0, le=1, description="least share of cold (new) items in the "
+                                     "top-k, on top of tail_share; None = chosen on validation")
     ranker_weight: float | None = Field(
         None, ge=0, description="score = ALS z-score + w x ranker logit; None = chosen on validation")
     method: Literal["quota", "boost"] = "quota"
@@ -196,8 +198,9 @@ class ServeConfig(_Section):
 class EvalConfig(_Section):
     ks: tuple[int, ...] = (10, 20)
     max_recall_loss: float = Field(0.02, ge=0, lt=1)
-    tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
-    ranker_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 8.0)
+    tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
+    cold_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1)
+    ranker_weight_grid: tuple[float, ...] = (0.0, 1.0, 8.0, 32.0)
     baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
     tune: bool = Field(True, description="grid-search every baseline on a validation split carved from train")
     tune_metric: str = Field("Recall@20", description="what baseline tuning maximises on validation")

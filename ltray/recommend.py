@@ -13,7 +13,7 @@ import pandas as pd
 
 from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, UserState
 from ltray.config import Config
-from ltray.data.segments import HEAD
+from ltray.data.segments import COLD, HEAD
 from ltray.rank.features import FeatureContext
 from ltray.rank.features import UserState as RankUserState
 from ltray.rank.ranker import Ranker
@@ -81,13 +81,14 @@ class Recommender:
 
     def __init__(self, models: CandidateModels, ranker: Ranker | None, cfg: Config,
                  tail_share: float | None = None, explainer: Explainer | None = None,
-                 ranker_weight: float | None = None):
+                 ranker_weight: float | None = None, cold_share: float | None = None):
         self.models = models
         self.generator = CandidateGenerator(models, cfg)
         self.ranker = ranker
         self.cfg = cfg
         self.ctx = feature_context(models)
         self.tail_share = cfg.blend.tail_share if cfg.blend.tail_share is not None else (tail_share or 0.0)
+        self.cold_share = cfg.blend.cold_share if cfg.blend.cold_share is not None else (cold_share or 0.0)
         w = cfg.blend.ranker_weight if cfg.blend.ranker_weight is not None else ranker_weight
         self.ranker_weight = 1.0 if w is None else float(w)
         self.explainer = explainer
@@ -155,7 +156,7 @@ class Recommender:
               explain: bool = True) -> pd.DataFrame:
         """Scored candidates -> the blended top k with item_id (and reason); Serve's ranker calls this too."""
         share = self.tail_share if tail_share is None else tail_share
-        picked = blend(cands, k, share, self.cfg.blend.method)
+        picked = blend(cands, k, share, self.cfg.blend.method, self.cold_share)
         out = picked[["item_idx", "score", "segment", "source"]].reset_index(drop=True)
         out.insert(0, "item_id", self.models.item_ids[out["item_idx"].to_numpy()])
         if explain and self.explainer is not None:
@@ -163,21 +164,21 @@ class Recommender:
                              for i, s in zip(out["item_idx"], out["source"], strict=True)]
         return out
 
-    def recommend_rows(self, user_ids, k: int, settings=((None, None),)) -> dict[tuple, np.ndarray]:
-        """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share).
+    def recommend_rows(self, user_ids, k: int, settings=((None, None, None),)) -> dict[tuple, np.ndarray]:
+        """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share, cold_share).
 
         Candidates are generated and scored once per user; None means the Recommender's own value.
         """
         out = {st: np.full((len(user_ids), k), -1, np.int64) for st in settings}
         for r, u in enumerate(user_ids):
             _, cands = self.rank_candidates(u)
-            for w, share in settings:
+            for w, share, cold in settings:
                 weight = self.ranker_weight if w is None else w
                 scored = cands.assign(score=combine(cands["cf_z"].to_numpy(), cands["ranker_logit"].to_numpy(),
                                                     weight))
-                rows = blend(scored, k, self.tail_share if share is None else share,
-                             self.cfg.blend.method)["item_idx"].to_numpy()
-                out[(w, share)][r, : len(rows)] = rows
+                rows = blend(scored, k, self.tail_share if share is None else share, self.cfg.blend.method,
+                             self.cold_share if cold is None else cold)["item_idx"].to_numpy()
+                out[(w, share, cold)][r, : len(rows)] = rows
         return out
 
 
@@ -196,19 +197,25 @@ def _source_order(cands: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 
-def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota") -> pd.DataFrame:
-    """Top-k by score with at least round(tail_share * k) tail/cold items (a quota), best first."""
+def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0
+          ) -> pd.DataFrame:
+    """Top-k by score with at least round(tail_share * k) tail/cold items and, on top of them, at
+    least round(cold_share * k) cold (never interacted) items: quotas filled by the best-scored
+    items of each kind; best first."""
     if len(cands) == 0:
         return cands
     ranked = cands.sort_values("score", ascending=False, kind="stable")
-    is_tail = (ranked["segment"] != HEAD).to_numpy()
-    q = int(round(tail_share * k))
-    if method == "boost" and q:
+    seg = ranked["segment"].to_numpy()
+    is_tail = seg != HEAD
+    q, qc = int(round(tail_share * k)), min(k, int(round(cold_share * k)))
+    if method == "boost" and q and not qc:
         # A calibrated boost: raise tail scores by the gap that lets the quota in, no more.
         return ranked.head(k) if is_tail[:k].sum() >= q else _boost(ranked, is_tail, k, q)
-    tail_pick = ranked.loc[is_tail].head(q)
-    rest = ranked.drop(index=tail_pick.index).head(k - len(tail_pick))
-    return pd.concat([rest, tail_pick]).sort_values("score", ascending=False, kind="stable")
+    cold_pick = ranked.loc[seg == COLD].head(qc)
+    tail_pick = ranked.loc[is_tail].drop(index=cold_pick.index).head(min(q, k - len(cold_pick)))
+    picked = pd.concat([cold_pick, tail_pick])
+    rest = ranked.drop(index=picked.index).head(k - len(picked))
+    return pd.concat([rest, picked]).sort_values("score", ascending=False, kind="stable")
 
 
 def _boost(ranked: pd.DataFrame, is_tail: np.ndarray, k: int, q: int) -> pd.DataFrame:

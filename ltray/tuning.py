@@ -95,20 +95,24 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     rec = Recommender(models, ranker, cfg)
     weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
     shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
-    settings = [(float(w), float(s)) for w in weights for s in shares]
+    colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
+    settings = [(float(w), float(s), float(c)) for w in weights for s in shares for c in colds]
     lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
     held = held_out_rows(gen, valid, tune_users)
     cf_metrics = evaluate(cf_only_rows(models, gen, tune_users, TUNE_K), held, models.item_segment,
                           models.item_pop, ks=(TUNE_K,))
     curve = []
-    for w, s in settings:
-        m = evaluate(lists[(w, s)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-        curve.append({"ranker_weight": w, "tail_share": s, **{k: float(v) for k, v in m.items() if "@" in k}})
+    for w, s, c in settings:
+        m = evaluate(lists[(w, s, c)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+        curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c,
+                      **{k: float(v) for k, v in m.items() if "@" in k}})
     chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss)
-    log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f} "
+    log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
+        f"cold_share {chosen['cold_share']:.2f} "
         f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
         f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
-    blend = {"tail_share": chosen["tail_share"], "ranker_weight": chosen["ranker_weight"], "chosen_on": "validation",
+    blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
+             "ranker_weight": chosen["ranker_weight"], "chosen_on": "validation",
              "rule": (f"highest TailRecall@{TUNE_K} + ColdRecall@{TUNE_K} with Recall@{TUNE_K} >= "
                       f"(1 - {cfg.eval.max_recall_loss}) x CF-only"),
              "validation": {k: v for k, v in chosen.items() if "@" in k},

@@ -176,7 +176,7 @@ class ALSRecall:
         if exclude is not None and not sp.issparse(exclude):
             exclude = _rows_to_csr(exclude, self.n_items)
         if exclude is not None:
-            exclude = sp.csr_matrix(exclude, dtype=np.float32)
+            exclude = sp.csr_matrix(exclude, dtype=np.float32, copy=True)  # data is overwritten below
             if exclude.shape != (m, self.n_items):
                 raise ValueError(f"exclude must be {m} x {self.n_items}, got {exclude.shape}")
             exclude.data[:] = 1.0  # the structure is what counts: zero-weight seen pairs are excluded too

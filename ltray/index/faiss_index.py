@@ -331,11 +331,18 @@ class VectorIndex:
 
 
 def _describe(index) -> str:
+    """The index_factory string of a loaded index, so that ``build`` can make a fresh one like it."""
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
+        return type(faiss.downcast_index(index)).__name__  # e.g. OPQ: not rebuilt from a string
     inner = _unwrap(index)
-    if isinstance(inner, faiss.IndexHNSW):
+    if isinstance(inner, faiss.IndexHNSWFlat):
         return f"HNSW{inner.hnsw.nb_neighbors(1)}"
-    if isinstance(inner, faiss.IndexIVF):
-        return f"IVF{inner.nlist},{type(inner).__name__}"
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return f"IVF{inner.nlist},Flat"
+    if isinstance(inner, faiss.IndexIVFPQ):
+        return f"IVF{inner.nlist},PQ{inner.pq.M}x{inner.pq.nbits}"
+    if isinstance(inner, faiss.IndexFlat):
+        return "Flat"
     return type(inner).__name__
 
 
