@@ -202,3 +202,16 @@ def test_bad_input_is_rejected(small_config):
         ALSRecall(small_config.cf).fit([0], [5], [1.0], n_users=1, n_items=3)
     with pytest.raises(RuntimeError, match="not fitted"):
         ALSRecall(small_config.cf).recommend([0], 3)
+
+
+def test_recommend_vectors_for_folded_in_users(synth, small_config):
+    model = fit(synth, small_config.cf)
+    items = np.array([1, 2, 3])
+    x = model.fold_in(items)
+    ids, _ = model.recommend_vectors(x[None], 20, [items])
+    assert ids.shape == (1, 20) and not np.isin(items, ids[0]).any()
+    exclude = model.seen[[4]]
+    before = exclude.data.copy()
+    ids4, _ = model.recommend_vectors(model.user_factors[[4]], 20, exclude)
+    np.testing.assert_array_equal(exclude.data, before)  # the caller's matrix is left alone
+    np.testing.assert_array_equal(ids4, model.recommend([4], 20)[0])

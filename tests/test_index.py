@@ -147,6 +147,9 @@ def test_save_load_round_trip(vecs, factory, tmp_path):
         assert faiss.downcast_index(other.index.index).hnsw.efSearch == 200
     back.add([1], vecs[:1])  # a loaded index is still mutable
     assert back.ntotal == idx.ntotal + 1
+    assert back.factory == factory
+    back.build(np.arange(300), vecs[:300])  # and can be rebuilt from its factory string
+    assert back.ntotal == 300 and back.kind == idx.kind
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
