@@ -125,9 +125,9 @@ def test_movielens_targets(ray_cluster, tmp_path_factory):
     metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
     ours, als = metrics["ltray"], metrics["ALS"]
     print(json.dumps({k: {m: round(v, 4) for m, v in t.items() if "@20" in m} for k, t in metrics.items()}))
-    # Honest targets: see README "Results". Tail and cold items must reach users ALS never shows them.
-    assert ours["TailRecall@20"] >= 0.015
-    assert ours["ColdRecall@20"] > als["ColdRecall@20"]
-    assert ours["Coverage@20"] > als["Coverage@20"]
+    # The operating point keeps ALS's accuracy (the validation rule's 2% budget, plus 1 point of
+    # sampling noise on 610 users) and puts tail items in front of users that ALS never shows them.
     assert ours["Recall@20"] >= (1 - cfg.eval.max_recall_loss) * als["Recall@20"] - 0.01
-    assert np.isfinite(ours["NDCG@20"])
+    assert ours["TailRecall@20"] >= 0.015 > als["TailRecall@20"]
+    assert ours["Coverage@20"] > 1.5 * als["Coverage@20"]
+    assert ours["NDCG@20"] >= 0.9 * als["NDCG@20"]
