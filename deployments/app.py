@@ -51,6 +51,7 @@ from ltray.config import ServeConfig, load_config
 
 # Histogram buckets of request latency (ms): sub-ms stage calls up to multi-second cold starts.
 LATENCY_BUCKETS_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 _REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 
 
@@ -106,22 +107,43 @@ def _serve_config(serve_cfg: dict | ServeConfig) -> ServeConfig:
 
 # -- stage deployments: plain stages with Ray at the edges ------------------------------------------
 class _BatchedRanking:
-    """`@serve.batch`: concurrent requests' features go through the CTR model in one forward pass."""
+    """`@serve.batch`: concurrent requests' features go through the CTR model in one forward pass.
+
+    The ranking code runs in a worker thread (it is plain, blocking library code); when it reaches
+    the model, the features hop to the event loop, where the batcher joins them with other requests'.
+    """
 
     ranking: RankStage
 
     def _init_batching(self, cfg: ServeConfig) -> None:
         self._forward_batched.set_max_batch_size(cfg.max_batch_size)
         self._forward_batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self._loop = None
+        self.ranking.route_forward(self._forward_from_thread)
+        self.batches = {"passes": 0, "requests": 0, "largest": 0}
+        from ray.serve import metrics
+
+        self.batch_size = metrics.Histogram("ltray_ranker_batch_size", description="requests per forward pass",
+                                            boundaries=BATCH_BUCKETS)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _forward_batched(self, feats: list[dict]) -> list:
+        self.batches["passes"] += 1
+        self.batches["requests"] += len(feats)
+        self.batches["largest"] = max(self.batches["largest"], len(feats))
+        self.batch_size.observe(len(feats))
         return self.ranking.forward(feats)
 
+    def batch_stats(self) -> dict[str, int]:
+        """Forward passes, requests scored and the largest batch since this replica started."""
+        return dict(self.batches)
+
+    def _forward_from_thread(self, feats: dict):
+        return asyncio.run_coroutine_threadsafe(self._forward_batched(feats), self._loop).result()
+
     async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None):
-        feats = self.ranking.features(user_id, state, cands)
-        scores = None if feats is None else await self._forward_batched(feats)
-        top = self.ranking.finish(user_id, state, cands, scores, k, tail_share)
+        self._loop = asyncio.get_running_loop()
+        top = await asyncio.to_thread(self.ranking.rank, user_id, state, cands, k, tail_share)
         share = self.ranking.default_tail_share if tail_share is None else tail_share
         return top, share
 
@@ -215,8 +237,8 @@ class Pipeline(_BatchedRanking):
     async def recommend(self, user_id: str, k: int, tail_share: float | None, exclude_seen: bool,
                         recent_items: list[str] | None) -> dict[str, Any]:
         with self.metrics.timed("recommend"):
-            recall = self.recall_stage.recall(user_id, recent_items, exclude_seen)
-            cands = self.retrieval.candidates(recall)
+            recall = await asyncio.to_thread(self.recall_stage.recall, user_id, recent_items, exclude_seen)
+            cands = await asyncio.to_thread(self.retrieval.candidates, recall)
             top, share = await self._rank(user_id, recall.state, cands.table, k, tail_share)
         self.metrics.tail_share(top["segment"])
         return recommendation(user_id, recall, cands, top, share, self.ranking.version)

@@ -157,9 +157,10 @@ class RetrievalStage:
 
 
 class RankStage:
-    """CTRRanker: features -> CTR model -> tail-aware blend -> reasons.
+    """CTRRanker: the Recommender's own scoring (ALS z-score + ranker logit) -> tail-aware blend -> reasons.
 
-    `features` and `forward` are split so that Serve can run one forward pass for many requests.
+    `route_forward(fn)` sends the CTR model's forward pass through `fn` (Serve's batcher: several
+    requests, one pass); everything around it is the library's code, unchanged.
     """
 
     def __init__(self, art: Artifacts):
@@ -169,40 +170,37 @@ class RankStage:
         self.version = art.version
         # The very Recommender offline code builds (blend choice, explainer), minus the FAISS indexes.
         self.rec = load_recommender(art.uri, art.cfg, faiss_indexes=False)
+        self._model = self.rec.ranker
 
     @property
     def default_tail_share(self) -> float:
         return float(self.rec.tail_share)
 
-    def features(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> dict[str, np.ndarray] | None:
-        """Model inputs, or None where the Recommender keeps the generator's own order."""
-        from ltray.rank.features import UserState as RankUserState
+    def route_forward(self, fn) -> None:
+        """Send the CTR model's forward pass through `fn(features) -> probabilities` (Serve's batcher)."""
+        if self._model is None:
+            return
+        from ltray.rank.ranker import Ranker
 
-        if self.rec.ranker is None or state is None or len(cands) == 0:
-            return None
-        # Always pass the state: for a known, unchanged user it holds the very values the context has.
-        override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts)}
-        return self.rec.ranker.builder.build(self.rec.ctx, cands.assign(user_id=str(user_id)), override,
-                                             debias_popularity=self.cfg.rank.debias_popularity)
+        class RoutedRanker(Ranker):
+            """The same Ranker (features built by the same code); only the forward pass goes to `fn`."""
+
+            def score_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+                return fn(feats)
+
+        m = self._model
+        self.rec.ranker = RoutedRanker(m.model, m.builder, m.debias_popularity, m.info)
 
     def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """One forward pass over the concatenated features of several requests."""
         sizes = [len(f["dense"]) for f in batch]
         joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
-        scores = self.rec.ranker.score_features(joined)
-        return np.split(scores, np.cumsum(sizes)[:-1])
-
-    def finish(self, user_id: str, state: UserState | None, cands: pd.DataFrame, scores: np.ndarray | None,
-               k: int, tail_share: float | None) -> pd.DataFrame:
-        if scores is None:
-            scores = self.rec.score(user_id, None, cands)  # the generator's own order
-        return self.rec.top_k(state, cands.assign(score=scores), k, tail_share)
+        return np.split(self._model.score_features(joined), np.cumsum(sizes)[:-1])
 
     def rank(self, user_id: str, state: UserState | None, cands: pd.DataFrame, k: int,
              tail_share: float | None = None) -> pd.DataFrame:
-        feats = self.features(user_id, state, cands)
-        scores = None if feats is None else self.forward([feats])[0]
-        return self.finish(user_id, state, cands, scores, k, tail_share)
+        scored = self.rec.score_candidates(user_id, state, cands)
+        return self.rec.top_k(state, scored, k, tail_share)
 
 
 def recommendation(user_id: str, recall: Recall, cands: Candidates, top: pd.DataFrame, tail_share: float,

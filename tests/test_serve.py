@@ -147,6 +147,24 @@ def test_tail_share_changes_the_served_tail_share(server, recommender):
     assert np.mean(shares[0.0]) < np.mean(shares[0.5]) < np.mean(shares[1.0])
 
 
+def test_ranker_batches_concurrent_requests(server, recommender):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    ranker = serve.get_deployment_handle("CTRRanker", app_name=APP)
+    before = ranker.batch_stats.remote().result()
+    users = _known_users(recommender, 24)
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda u: server.post("/recommend", json={"user_id": u, "k": 5}).status_code,
+                              users * 2))
+    assert codes == [200] * len(codes)
+    after = ranker.batch_stats.remote().result()
+    # (one replica's counts: with a second ranker replica it saw only its share of the requests)
+    served = after["requests"] - before["requests"]
+    assert 0 < after["passes"] - before["passes"] < served and after["largest"] > 1
+
+
 def test_colocated_topology_answers_the_same(server, recommender):
     for user in _known_users(recommender, 3):
         chain = server.post("/recommend", json={"user_id": user, "k": 10}).json()
