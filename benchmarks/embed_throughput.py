@@ -86,18 +86,21 @@ def useful_flops(model_config, token_lengths: np.ndarray) -> float:
     return float(layers * (per_token_dense * n.sum() + attention.sum()))
 
 
-def plain_loop(enc: TextEncoder, texts: list[str], sort: bool, bs: int) -> tuple[float, np.ndarray]:
+def plain_loop(enc: TextEncoder, texts: list[str], sort: bool, bs: int) -> tuple[float, float, np.ndarray]:
+    """(items/s, items per CPU-second, vectors)."""
     enc.encode_detailed(texts[:bs], bs)  # warm up kernels
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     vecs = enc.encode_detailed(texts, bs, sort_by_length=sort).vectors
-    return len(texts) / (time.perf_counter() - t0), vecs
+    return len(texts) / (time.perf_counter() - t0), len(texts) / (time.process_time() - c0), vecs
 
 
 def ray_stage(items, cfg: EmbedConfig) -> tuple[dict, np.ndarray]:
     from ltray.embed.stage import embed_items, load_embeddings
 
     with tempfile.TemporaryDirectory(prefix="ltray-embed-bench-") as d:
+        c0 = time.process_time()
         stats = embed_items(items, cfg, Path(d) / "out")
+        stats["driver_cpu_seconds"] = time.process_time() - c0
         vecs = load_embeddings(Path(d) / "out", items["item_id"].tolist())
     return stats, vecs
 
@@ -145,8 +148,8 @@ def main() -> None:
         peak = matmul_peak(prec, args.device)
         r = {"peak_gflops": peak, "useful_tokens_per_item": float(lengths.mean()),
              "gflop_per_item": flops_per_item / 1e9}
-        r["plain_unsorted"], _ = plain_loop(enc, texts, sort=False, bs=bs)
-        r["plain_sorted"], vecs = plain_loop(enc, texts, sort=True, bs=bs)
+        r["plain_unsorted"], r["plain_unsorted_per_cpu_s"], _ = plain_loop(enc, texts, sort=False, bs=bs)
+        r["plain_sorted"], r["plain_sorted_per_cpu_s"], vecs = plain_loop(enc, texts, sort=True, bs=bs)
         del enc
         peak = max(peak, matmul_peak(prec, args.device))  # best of two: the machine may be shared
         r["peak_gflops"] = peak
@@ -156,6 +159,7 @@ def main() -> None:
         r["ray_excl_startup"] = stats["items_per_s_excl_startup"]
         r["ray_startup_s"] = stats["startup_seconds"]
         r["pool"] = stats["pool"]
+        r["ray_per_cpu_s"] = len(items) / (stats["actor_cpu_seconds"] + stats["driver_cpu_seconds"])
         r["ray_vs_plain_cos_min"] = float((ray_vecs * vecs).sum(1).min())
         if prec == "fp32":
             vec32 = vecs
@@ -179,6 +183,13 @@ def main() -> None:
         print(f"  ratio Ray (excl. start-up) / plain sorted: {r['ray_excl_startup'] / r['plain_sorted']:.3f}; "
               f"/ plain unsorted: {r['ray_excl_startup'] / r['plain_unsorted']:.3f}; "
               f"with start-up / plain sorted: {r['ray_with_startup'] / r['plain_sorted']:.3f}")
+        print(f"  per CPU-second (less skewed by a shared machine): plain unsorted "
+              f"{r['plain_unsorted_per_cpu_s']:.1f}, plain sorted {r['plain_sorted_per_cpu_s']:.1f}, Ray stage "
+              f"(actors + driver) {r['ray_per_cpu_s']:.1f} items; ratio Ray / plain sorted "
+              f"{r['ray_per_cpu_s'] / r['plain_sorted_per_cpu_s']:.3f}; as items/s on {threads} free cores: "
+              f"plain sorted {r['plain_sorted_per_cpu_s'] * threads:.1f} "
+              f"({gf(r['plain_sorted_per_cpu_s'] * threads) / peak:.1%} of peak), "
+              f"Ray {r['ray_per_cpu_s'] * threads:.1f} ({gf(r['ray_per_cpu_s'] * threads) / peak:.1%} of peak)")
     ray.shutdown()
 
     print("\n== targets ==")
@@ -187,8 +198,10 @@ def main() -> None:
     share = f32["plain_sorted"] * f32["gflop_per_item"] / f32["peak_gflops"]
     share_ray = f32["ray_excl_startup"] * f32["gflop_per_item"] / f32["peak_gflops"]
     verdict = lambda ok: "MET" if ok else "NOT met"  # noqa: E731
-    print(f"  Ray stage >= {TARGET_RAY_RATIO}x plain loop (fp32, start-up excluded): {ratio:.3f}  "
-          f"{verdict(ratio >= TARGET_RAY_RATIO)}")
+    cpu_ratio = f32["ray_per_cpu_s"] / f32["plain_sorted_per_cpu_s"]
+    print(f"  Ray stage >= {TARGET_RAY_RATIO}x plain loop (fp32, start-up excluded): wall {ratio:.3f} "
+          f"{verdict(ratio >= TARGET_RAY_RATIO)}; per CPU-second {cpu_ratio:.3f} "
+          f"{verdict(cpu_ratio >= TARGET_RAY_RATIO)}")
     print(f"  >= {TARGET_PEAK_SHARE:.0%} of fp32 matmul peak, useful tokens: plain sorted {share:.1%}, "
           f"Ray stage {share_ray:.1%}  {verdict(max(share, share_ray) >= TARGET_PEAK_SHARE)}")
     if low:

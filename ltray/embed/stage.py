@@ -121,7 +121,9 @@ class _EmbedBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.time()  # wall clock: comparable across actors on one machine
+        cpu0 = time.process_time()
         enc = self.encoder.encode_detailed(batch.column("text").to_pylist())
+        cpu_per_row = (time.process_time() - cpu0) / max(batch.num_rows, 1)
         d = enc.vectors.shape[1]
         flat = pa.array(enc.vectors.reshape(-1), type=pa.float32())
         return pa.table({
@@ -132,6 +134,7 @@ class _EmbedBatch:
             "tokens": pa.array(enc.tokens, type=pa.int64()),
             "batch_start": pa.array(np.full(batch.num_rows, started)),
             "batch_end": pa.array(np.full(batch.num_rows, time.time())),
+            "cpu_s": pa.array(np.full(batch.num_rows, cpu_per_row)),
         })
 
 
@@ -165,7 +168,9 @@ def encode_with_ray(todo: pd.DataFrame, cfg: EmbedConfig,
     last = pc.max(table.column("batch_end")).as_py()
     return table, {"pool": asdict(spec), "seconds": finished - launched,
                    # from the first batch any actor started to the last one done: start-up excluded
-                   "encode_window_s": last - first, "startup_s": first - launched}
+                   "encode_window_s": last - first, "startup_s": first - launched,
+                   # CPU seconds the actors spent encoding: a throughput figure that a shared machine skews less
+                   "actor_cpu_s": pc.sum(table.column("cpu_s")).as_py()}
 
 
 # -- previous artifacts -------------------------------------------------------------------------
@@ -280,6 +285,7 @@ def embed_items(items: pd.DataFrame, cfg: EmbedConfig, out_dir: Path,
         "items_per_s_excl_startup": round(len(todo) / window_s, 2) if window_s > 0 else None,
         "seconds": round(seconds, 3), "encode_seconds": round(encode_s, 3),
         "startup_seconds": round(ray_info.get("startup_s", 0.0), 3),
+        "actor_cpu_seconds": round(ray_info.get("actor_cpu_s", 0.0), 3),
         "pool": ray_info.get("pool"), "dtype": cfg.dtype, "device": cfg.device,
         "signature": sig, "shards": shards,
     }
