@@ -223,7 +223,8 @@ def main() -> None:
     bodies_file.write_text(json.dumps(bodies))
     warmup.write_text(json.dumps(bodies[: min(40, n_req)]))
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # the fit above may have started it
+        ray.init(include_dashboard=False, log_to_driver=False)
     port = _free_port("127.0.0.1")
     cfg = ServeConfig(port=port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
