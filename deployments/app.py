@@ -15,6 +15,7 @@ deployments, handles between them, request batching, metrics and the FastAPI ing
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from typing import Any
 
@@ -481,6 +482,9 @@ def run_local(artifacts: str, cfg: ServeConfig | None = None, echo=print) -> Non
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     url = start(artifacts, cfg)
+    # Ctrl-C and SIGTERM both stop it cleanly (a shell may start a background job with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     echo(f"ltray is serving {artifacts} at {url} (API docs: {url}/docs); Ctrl-C stops")
     try:
         while True:
