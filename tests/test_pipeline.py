@@ -18,11 +18,19 @@ SMALL = [
 ]
 
 
+# Large enough for the learned parts to matter (the 600-item catalog is too small for a ranker
+# to learn from 150 users), small enough for CI: about 2 minutes on 2 idle cores.
+MEDIUM = [
+    "data.synthetic.n_items=1500", "data.synthetic.n_users=1000", "data.synthetic.interactions_per_user=25",
+    "cf.factors=32", "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256", "eval.tune=false",
+]
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(ray_cluster, tmp_path_factory):
     from ltray.pipeline import run
 
-    cfg = load_config(overrides=SMALL)
+    cfg = load_config(overrides=MEDIUM)
     root = tmp_path_factory.mktemp("synthetic-run")
     logs: list[str] = []
     report = run(cfg, str(root / "art"), log=logs.append)
@@ -39,7 +47,7 @@ def test_run_writes_report_with_every_section(synthetic_run):
     assert html.count("data:image/png;base64,") >= 3
     manifest = json.loads((art / "manifest.json").read_text())
     assert {"data", "embed", "cf", "index", "rank", "eval"} <= set(manifest["stages"])
-    assert manifest["config"]["data"]["synthetic"]["n_items"] == 600
+    assert manifest["config"]["data"]["synthetic"]["n_items"] == 1500
     assert "ltray" in manifest["metrics"] and "ALS" in manifest["metrics"]
     for stage in ("data", "embed", "cf", "index", "rank"):
         assert manifest["stages"][stage]["seconds"] >= 0
@@ -51,8 +59,9 @@ def test_synthetic_tail_recall_beats_als_at_equal_recall(synthetic_run):
     metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
     ours, als = metrics["ltray"], metrics["ALS"]
     assert ours["TailRecall@20"] > als["TailRecall@20"]
-    # "Equal recall": within the configured loss budget (2%) plus sampling noise of 300 users.
-    assert ours["Recall@20"] >= 0.9 * als["Recall@20"]
+    # "Equal recall": within the configured loss budget (2%) plus sampling noise.
+    assert ours["Recall@20"] >= 0.95 * als["Recall@20"]
+    assert ours["ColdRecall@20"] >= als["ColdRecall@20"]
 
 
 def test_rerun_is_a_no_op(synthetic_run, ray_cluster):
