@@ -273,7 +273,7 @@ class ALSRecall:
 
     # ------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``als.npz`` (factors, id maps, config, BM25 stats) and ``seen.npz`` (CSR). No pickle."""
+        """Write ``als.npz`` (factors, id maps, config, BM25 stats) and ``seen.npz`` (CSR). Plain npz only."""
         self._check_fitted()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

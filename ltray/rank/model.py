@@ -99,7 +99,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> tuple[CTRModel, dict[str, Any]]:
-    """Weights only (safetensors; no pickle). Returns the model (eval mode) and its feature spec."""
+    """Weights only (safetensors only). Returns the model (eval mode) and its feature spec."""
     meta = read_metadata(path)
     model = CTRModel.from_config(meta["model_config"])
     try:

@@ -119,7 +119,7 @@ def worker_cpus(cfg: RankConfig) -> float:
 
 # -- checkpoint files ------------------------------------------------------------------------
 def _save_optimizers(opts: list[torch.optim.Optimizer], path: Path) -> dict[str, Any]:
-    """Optimizer state as safetensors (no pickle); scalars and param groups come back JSON-able."""
+    """Optimizer state as safetensors; scalars and param groups come back JSON-able."""
     tensors, scalars, groups = {}, {}, []
     for k, opt in enumerate(opts):
         sd = opt.state_dict()
