@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -300,6 +299,3 @@ def _version_of(folder: Path) -> str | None:
 def default_artifacts_dir(dataset: str | None) -> str:
     return str(Path("artifacts") / (dataset or "custom"))
 
-
-def tempdir() -> str:
-    return tempfile.mkdtemp(prefix="ltray-")
