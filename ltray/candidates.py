@@ -16,12 +16,11 @@ import pandas as pd
 
 from ltray.cf.als import ALSRecall
 from ltray.config import Config
-from ltray.data.segments import COLD, HEAD, TAIL
+from ltray.data.segments import COLD, HEAD, SEGMENT_CODES, TAIL
 from ltray.index.bridge import TextToCFBridge
 from ltray.index.faiss_index import VectorIndex, build_tail_and_full
 from ltray.index.profiles import recent_items_of, user_profiles
 
-SEGMENT_CODES = {HEAD: 0, TAIL: 1, COLD: 2}
 SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
 SOURCES = ("cf", "tail", "bridge", "pop")
 DAY = 86_400.0

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from ltray.artifacts import ArtifactStore, fingerprint_of
 from ltray.candidates import SEGMENT_CODES, CandidateModels
 from ltray.config import Config
-from ltray.data import Dataset, compute_segments, load_dataset, temporal_holdout
+from ltray.data import Dataset, load_dataset, temporal_holdout
+from ltray.data.segments import segment_code_array
 
 Log = Any  # a callable(str) -> None; rich console print in the CLI
 
@@ -45,11 +46,6 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _segment_codes(item_ids, train: pd.DataFrame, head_share: float) -> np.ndarray:
-    seg = compute_segments(item_ids, train, head_share).table["segment"].map(SEGMENT_CODES)
-    return seg.to_numpy(np.int8)
-
-
 # -- data ----------------------------------------------------------------------------
 def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _print) -> Bundle:
     t0 = time.perf_counter()
@@ -60,7 +56,7 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _pri
         train, test = temporal_holdout(ds.interactions, cfg.data.test_fraction, cfg.data.min_user_interactions)
     else:
         train, test = ds.interactions.reset_index(drop=True), None
-    seg = _segment_codes(ds.items["item_id"], train, cfg.data.head_share)
+    seg = segment_code_array(ds.items["item_id"], train, cfg.data.head_share)
     bundle = Bundle(ds.items.reset_index(drop=True), train, test, seg)
     if not store.is_current("data", fp):
         with store.writing("data", fingerprint=fp, dataset=ds.name) as w:

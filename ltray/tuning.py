@@ -14,20 +14,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels
+from ltray.candidates import CandidateGenerator, CandidateModels
 from ltray.config import Config
-from ltray.data import compute_segments, temporal_holdout
+from ltray.data import temporal_holdout
+from ltray.data.segments import segment_code_array
 from ltray.eval.metrics import evaluate
 from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 
 TUNE_K = 20
-
-
-def segment_codes_for(item_ids, train: pd.DataFrame, head_share: float) -> np.ndarray:
-    seg = compute_segments(item_ids, train, head_share).table["segment"].map(SEGMENT_CODES)
-    return seg.to_numpy(np.int8)
 
 
 def held_out_rows(gen: CandidateGenerator, held: pd.DataFrame, users: np.ndarray) -> dict[int, np.ndarray]:
@@ -65,7 +61,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     from ltray.rank.train import train_ctr
 
     fit_part, valid = temporal_holdout(bundle.train, cfg.data.test_fraction, cfg.data.min_user_interactions)
-    seg = segment_codes_for(bundle.item_ids, fit_part, cfg.data.head_share)
+    seg = segment_code_array(bundle.item_ids, fit_part, cfg.data.head_share)
     models = CandidateModels.fit(fit_part, bundle.item_ids, vectors, seg, cfg)
     gen = CandidateGenerator(models, cfg)
     ctx = feature_context(models)

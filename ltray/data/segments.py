@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 HEAD, TAIL, COLD = "head", "tail", "cold"
+# Integer codes used in every per-item segment array (int8).
+SEGMENT_CODES = {HEAD: 0, TAIL: 1, COLD: 2}
 
 
 @dataclass
@@ -50,3 +52,9 @@ def compute_segments(item_ids, train: pd.DataFrame, head_share: float = 0.8) -> 
     order["segment"] = seg
     table = order.set_index("item_id").reindex(ids).reset_index()
     return Segments(table, head_share)
+
+
+def segment_code_array(item_ids, train: pd.DataFrame, head_share: float = 0.8) -> np.ndarray:
+    """compute_segments as an int8 array of SEGMENT_CODES, aligned to item_ids."""
+    seg = compute_segments(item_ids, train, head_share).table["segment"].map(SEGMENT_CODES)
+    return seg.to_numpy(np.int8)

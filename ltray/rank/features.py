@@ -21,11 +21,11 @@ import pandas as pd
 import pyarrow as pa
 
 from ltray.config import RankConfig
+from ltray.data.segments import SEGMENT_CODES
 
 FEATURE_VERSION = 2
 SOURCE_FLAGS = ("from_cf", "from_tail", "from_bridge", "from_pop")
 SEGMENT_NAMES = ("head", "tail", "cold")
-SEGMENT_CODES = {"head": 0, "tail": 1, "cold": 2}
 SPEC_FILE = "feature_spec.json"
 STATE_FILE = "features.npz"
 DAY_S = 86_400.0
