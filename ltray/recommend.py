@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ltray.blend import blend
 from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, UserState
 from ltray.config import Config
-from ltray.data.segments import COLD, HEAD
 from ltray.rank.features import FeatureContext
 from ltray.rank.features import UserState as RankUserState
 from ltray.rank.ranker import Ranker
@@ -197,36 +197,4 @@ def _source_order(cands: pd.DataFrame) -> np.ndarray:
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 
-def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0
-          ) -> pd.DataFrame:
-    """Top-k by score with at least round(tail_share * k) tail/cold items and, on top of them, at
-    least round(cold_share * k) cold (never interacted) items: quotas filled by the best-scored
-    items of each kind; best first."""
-    if len(cands) == 0:
-        return cands
-    ranked = cands.sort_values("score", ascending=False, kind="stable")
-    seg = ranked["segment"].to_numpy()
-    is_tail = seg != HEAD
-    q, qc = int(round(tail_share * k)), min(k, int(round(cold_share * k)))
-    if method == "boost" and q and not qc:
-        # A calibrated boost: raise tail scores by the gap that lets the quota in, no more.
-        return ranked.head(k) if is_tail[:k].sum() >= q else _boost(ranked, is_tail, k, q)
-    cold_pick = ranked.loc[seg == COLD].head(qc)
-    tail_pick = ranked.loc[is_tail].drop(index=cold_pick.index).head(min(q, k - len(cold_pick)))
-    picked = pd.concat([cold_pick, tail_pick])
-    rest = ranked.drop(index=picked.index).head(k - len(picked))
-    return pd.concat([rest, picked]).sort_values("score", ascending=False, kind="stable")
-
-
-def _boost(ranked: pd.DataFrame, is_tail: np.ndarray, k: int, q: int) -> pd.DataFrame:
-    scores = ranked["score"].to_numpy(np.float64)
-    tail_scores = np.sort(scores[is_tail])[::-1]
-    if len(tail_scores) == 0:
-        return ranked.head(k)
-    kth_head = np.sort(scores[~is_tail])[::-1][min(k - q, (~is_tail).sum() - 1)]
-    gap = max(0.0, kth_head - tail_scores[min(q, len(tail_scores)) - 1]) + 1e-6
-    boosted = ranked.assign(score=np.where(is_tail, scores + gap, scores))
-    return boosted.sort_values("score", ascending=False, kind="stable").head(k)
-
-
-__all__ = ["Explainer", "Recommender", "blend", "feature_context", "SEGMENT_CODES"]
+__all__ = ["Explainer", "Recommender", "feature_context", "SEGMENT_CODES"]

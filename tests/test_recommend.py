@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltray.recommend import blend, combine
+from ltray.blend import blend
+from ltray.recommend import combine
 from ltray.tuning import choose_tail_share
 
 
