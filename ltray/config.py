@@ -62,7 +62,10 @@ class EmbedConfig(_Section):
     blocks_per_actor: int = Field(4, ge=1, description="input blocks per actor, to keep every actor busy")
     empty_text: Literal["fill", "error"] = Field("fill", description="what to do with blank item text")
     empty_text_fill: str = Field("", description="text encoded in place of a blank one (empty_text=fill)")
-    shard_rows: int = Field(100_000, ge=1, description="rows per output Parquet shard")
+    shard_rows: int = Field(100_000, ge=1, description="rows per output Parquet shard (written by a worker)")
+    block_rows: int = Field(20_000, ge=1, description="most catalog rows per Ray Data block (bounds worker memory)")
+    sort_batches: int = Field(16, ge=1, description="forward batches per Ray Data batch; texts are sorted by "
+                              "length within it, so each forward pass pads little")
 
 
 class CFConfig(_Section):
@@ -136,17 +139,16 @@ class RankConfig(_Section):
     fail_at_step: int | None = Field(None, ge=0, description="test hook: rank 1 raises at this step, first try")
     debias_popularity: bool = Field(False, description="score with the popularity feature fixed to its mean")
     text_tower: Literal["frozen", "top_layers", "lora"] = Field(
-        "frozen", description="only 'frozen' (precomputed text vectors) is implemented")
-    text_tower_layers: int = Field(1, ge=1)
+        "frozen", description="frozen: precomputed item text vectors only; top_layers / lora: the BERT encoder "
+        "joins the CTR model and fine-tunes (its top layers, or low-rank adapters on attention query/value)")
+    text_tower_model: str | None = Field(
+        None, description="encoder of the text tower (HF name or folder); None = the packaged all-MiniLM-L6-v2")
+    text_tower_layers: int = Field(1, ge=1, description="top_layers: how many top transformer layers train")
+    lora_rank: int = Field(8, ge=1, description="lora: rank r of the adapters")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: adapter scale is alpha / r")
+    text_tower_lr: float = Field(1e-4, gt=0, description="learning rate of the trainable encoder weights")
+    text_tower_max_length: int = Field(32, ge=4, le=512, description="tokens per item text in the tower")
     seed: int = 0
-
-    @field_validator("text_tower")
-    @classmethod
-    def _only_frozen_tower(cls, v: str) -> str:
-        if v != "frozen":
-            raise ValueError(f"rank.text_tower={v!r} is not implemented yet; only 'frozen' works "
-                             "(the ranker uses the precomputed item text vectors)")
-        return v
 
     @field_validator("negative_mix")
     @classmethod

@@ -6,6 +6,11 @@ Each epoch every worker scores the whole validation set, read straight from its 
 (identical weights give identical scores, so the AUC is exact and the same on every rank), rank 0 writes a checkpoint
 (safetensors + feature spec + config + optimizer state) and early stopping watches
 validation AUC. A restarted worker group resumes from the latest checkpoint.
+
+With ``rank.text_tower`` = top_layers | lora the BERT encoder trains inside the model through
+the same loop: the samples carry each row's ``item_idx``, the item texts are tokenised once on
+the driver (``ItemTokens``) and each batch encodes its distinct items. The best epoch's encoder
+is exported (LoRA merged) as a Hugging Face folder ``<out_dir>/text_encoder`` for ``embed.model``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
@@ -30,6 +37,7 @@ from ltray.config import RankConfig
 from ltray.rank.features import FeatureBuilder, FeatureContext, arrow_to_features, features_to_arrow
 from ltray.rank.model import WEIGHTS_FILE, CTRModel, bce_loss, load_model, save_model
 from ltray.rank.ranker import RANK_CONFIG_FILE
+from ltray.rank.text_tower import ItemTokens, load_tokenizer
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAIN_STATE_FILE = "train_state.json"
@@ -37,6 +45,8 @@ METRICS_FILE = "rank.json"
 FAIL_MARKER = "_fail_hook_fired"
 ROWS_PER_FILE = 65_536  # several Parquet files, so the dataset splits into blocks across workers
 VAL_BATCH_ROWS = 65_536
+TOWER_EVAL_ITEMS = 256  # distinct items per encoder pass when scoring validation (bounds activation memory)
+TEXT_ENCODER_DIR = "text_encoder"
 
 
 class TrainError(RuntimeError):
@@ -56,16 +66,22 @@ def _join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
-def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFrame, uri: str) -> int:
-    """Build features for a labelled sample table and write them as Parquet parts under ``uri``."""
+def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFrame, uri: str,
+                  with_item_idx: bool = False) -> int:
+    """Build features for a labelled sample table and write them as Parquet parts under ``uri``.
+
+    ``with_item_idx`` adds each row's catalog row, which a text tower needs to find the item's tokens.
+    """
     fs, root = _fs(uri)
     fs.create_dir(root, recursive=True)
     n = len(table)
     for part, start in enumerate(range(0, max(n, 1), ROWS_PER_FILE)):
         chunk = table.iloc[start:start + ROWS_PER_FILE]
         feats = builder.build(ctx, chunk)
-        pq.write_table(features_to_arrow(feats, chunk["label"].to_numpy(np.float32)),
-                       f"{root}/part-{part:05d}.parquet", filesystem=fs)
+        arrow = features_to_arrow(feats, chunk["label"].to_numpy(np.float32))
+        if with_item_idx:
+            arrow = arrow.append_column("item_idx", pa.array(chunk["item_idx"].to_numpy(np.int64)))
+        pq.write_table(arrow, f"{root}/part-{part:05d}.parquet", filesystem=fs)
     return n
 
 
@@ -82,12 +98,15 @@ def _dataset(uri: str, cfg: RankConfig):
 def _iter_parquet(uri: str, batch_rows: int):
     """Feature batches straight from Parquet: validation is read whole by every worker, so it needs
     no Ray Data split (whose per-epoch executor start costs seconds on a small machine)."""
-    import pyarrow as pa
     import pyarrow.dataset as pads
 
     fs, root = _fs(uri)
     for rb in pads.dataset(root, filesystem=fs, format="parquet").to_batches(batch_size=batch_rows):
-        yield arrow_to_features(pa.Table.from_batches([rb]))
+        table = pa.Table.from_batches([rb])
+        feats = arrow_to_features(table)
+        if "item_idx" in table.column_names:
+            feats["item_idx"] = table.column("item_idx").to_numpy()
+        yield feats
 
 
 def resolve_use_gpu(cfg: RankConfig) -> bool:
@@ -196,6 +215,23 @@ def _fail_hook(config: dict[str, Any], step: int, rank: int, world: int) -> None
     raise RuntimeError(f"test hook: rank {rank} fails at step {step} (rank.fail_at_step)")
 
 
+def _tower_inputs(tokens: ItemTokens | None, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, ...]:
+    """The text tower's extra forward arguments for a training batch (none for a frozen tower)."""
+    if tokens is None:
+        return ()
+    return tuple(t.to(device) for t in tokens.batch(batch["item_idx"].cpu().numpy()))
+
+
+def _tower_outputs(model: CTRModel, tokens: ItemTokens, item_idx: np.ndarray, device) -> torch.Tensor:
+    """The tower's output per row, each distinct item encoded once, a bounded number at a time."""
+    uniq, inverse = np.unique(item_idx, return_inverse=True)
+    out = []
+    for start in range(0, len(uniq), TOWER_EVAL_ITEMS):
+        ids, mask, _ = tokens.batch(uniq[start:start + TOWER_EVAL_ITEMS])
+        out.append(model.text_tower(ids.to(device), mask.to(device)))
+    return torch.cat(out)[torch.from_numpy(inverse.reshape(-1)).to(device)]
+
+
 def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -211,7 +247,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     # Sparse embedding gradients on CPU (gloo all-reduces them); NCCL needs dense ones.
     sparse = cfg.sparse_embeddings == "always" or (cfg.sparse_embeddings == "auto" and device.type == "cpu")
     model = CTRModel.for_features(builder.spec(), cfg, sparse_embeddings=sparse)
-    opts = model.optimizers(cfg.lr, cfg.weight_decay)
+    opts = model.optimizers(cfg.lr, cfg.weight_decay, tower_lr=cfg.text_tower_lr)
+    tokens = ItemTokens(**config["item_tokens"]) if config.get("item_tokens") else None
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "resumes": 0, "history": []}
     ckpt = ray.train.get_checkpoint()
@@ -227,6 +264,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     per_worker_batch = max(1, cfg.batch_size // world)
     train_shard = ray.train.get_dataset_shard("train")
     dtypes = {"user_hash": torch.int64, "item_hash": torch.int64, "dense": torch.float32, "label": torch.float32}
+    if tokens is not None:
+        dtypes["item_idx"] = torch.int64
 
     for epoch in range(state["epoch"], cfg.epochs):
         ddp.train()
@@ -242,7 +281,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             t1 = time.perf_counter()
             t_data += t1 - t0
             _fail_hook(config, state["step"], rank, world)
-            logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"])
+            logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"], *_tower_inputs(tokens, batch, device))
             loss = bce_loss(logits, batch["label"])
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
@@ -266,7 +305,9 @@ def _train_loop(config: dict[str, Any]) -> None:
         t_val = time.perf_counter()
         with torch.inference_mode():
             for feats in _iter_parquet(config["val_uri"], VAL_BATCH_ROWS):
-                logits = model(*(torch.from_numpy(feats[k]).to(device) for k in ("user_hash", "item_hash", "dense")))
+                text = _tower_outputs(model, tokens, feats["item_idx"], device) if tokens is not None else None
+                logits = model(*(torch.from_numpy(feats[k]).to(device) for k in ("user_hash", "item_hash", "dense")),
+                               item_text=text)
                 vp.append(torch.sigmoid(logits).cpu().numpy())
                 vl.append(feats["label"])
         val_logloss, val_auc = _safe_metrics(np.concatenate(vl), np.concatenate(vp))
@@ -299,20 +340,24 @@ def _train_loop(config: dict[str, Any]) -> None:
 # -- the driver ------------------------------------------------------------------------------
 def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext, builder: FeatureBuilder,
               cfg: RankConfig, out_dir: str | Path, storage_path: str | None = None,
-              test_hook: int | None = None) -> dict[str, Any]:
+              test_hook: int | None = None, item_texts: Sequence[str] | None = None) -> dict[str, Any]:
     """Train the CTR model on labelled sample tables; the best epoch lands in ``out_dir``.
 
     ``train_df`` / ``val_df``: user_id, item_idx, from_* flags, label (validation later in time).
     ``builder`` is fitted here on the training items if it is not yet. ``test_hook`` (or
     ``cfg.fail_at_step``) makes rank 1 raise once at that global step, to test recovery.
+    ``item_texts`` (one per catalog row of ``ctx``) is needed with ``cfg.text_tower`` != frozen; the
+    fine-tuned encoder of the best epoch is then exported to ``out_dir/text_encoder``.
     Returns the metrics also written to ``out_dir/rank.json``.
     """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if cfg.text_tower != "frozen":
-        raise TrainError(f"rank.text_tower={cfg.text_tower!r} is not implemented; use 'frozen'")
+    tower = cfg.text_tower != "frozen"
+    if tower and (item_texts is None or len(item_texts) != ctx.n_items):
+        raise TrainError(f"rank.text_tower={cfg.text_tower!r} needs the item texts, one per catalog item "
+                         f"({ctx.n_items}); got {'none' if item_texts is None else len(item_texts)}")
     for name, df in (("train", train_df), ("validation", val_df)):
         if len(df) == 0 or df["label"].nunique() < 2:
             raise TrainError(f"the {name} sample table needs both positive and negative rows")
@@ -326,8 +371,12 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     run_name = cfg.run_name or f"ctr-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     samples = _join(storage, f"{run_name}-samples")
     t0 = time.perf_counter()
-    n_train = write_samples(builder, ctx, train_df, _join(samples, "train"))
-    n_val = write_samples(builder, ctx, val_df, _join(samples, "val"))
+    n_train = write_samples(builder, ctx, train_df, _join(samples, "train"), with_item_idx=tower)
+    n_val = write_samples(builder, ctx, val_df, _join(samples, "val"), with_item_idx=tower)
+    item_tokens = None
+    if tower:
+        tok = ItemTokens.from_texts(item_texts, load_tokenizer(cfg.text_tower_model), cfg.text_tower_max_length)
+        item_tokens = {"input_ids": tok.input_ids, "lengths": tok.lengths}
     t_features = time.perf_counter() - t0
 
     use_gpu = resolve_use_gpu(cfg)
@@ -337,7 +386,7 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         _train_loop,
         train_loop_config={"rank": json.loads(cfg.model_dump_json()), "builder": builder,
                            "val_uri": _join(samples, "val"), "fail_at_step": fail_at,
-                           "fail_marker": _join(samples, FAIL_MARKER)},
+                           "fail_marker": _join(samples, FAIL_MARKER), "item_tokens": item_tokens},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -366,6 +415,10 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         for name in (WEIGHTS_FILE, "feature_spec.json", "features.npz", RANK_CONFIG_FILE):
             shutil.copy2(d / name, out / name)
         best_row = json.loads((d / TRAIN_STATE_FILE).read_text())["history"][-1]
+    encoder_dir = None
+    if tower:
+        best_model, _ = load_model(out / WEIGHTS_FILE)
+        encoder_dir = str(best_model.text_tower.export(out / TEXT_ENCODER_DIR))
     history: list[dict[str, Any]] = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
@@ -379,5 +432,7 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         "feature_seconds": t_features, "fit_seconds": t_fit, "run_name": run_name, "storage_path": storage,
         "checkpoint_path": best.path, "history": history,
     }
+    if tower:
+        metrics.update(text_tower=cfg.text_tower, text_encoder=encoder_dir)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
