@@ -228,12 +228,32 @@ def index(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
 def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
           interactions: InterOpt = None, artifacts: ArtOpt = None,
           holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
+          export_encoder: Annotated[Path | None, typer.Option(
+              "--export-encoder", help="with rank.text_tower=lora|top_layers: write the fine-tuned encoder "
+              "here as a Hugging Face folder; `--set embed.model=DIR` then re-embeds the catalog with it")] = None,
           debug: DebugOpt = False):
-    """Train the CTR ranker with Ray Train and choose the tail share on validation."""
+    """Train the CTR ranker with Ray Train and choose the tail share on validation.
+
+    The fine-tuning loop: `ltray train --set rank.text_tower=lora --export-encoder DIR`, then
+    `ltray embed --set embed.model=DIR` (and the later stages) with the tuned encoder's tail vectors.
+    """
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
+    if export_encoder is not None and cfg.rank.text_tower == "frozen":
+        raise ConfigError("--export-encoder needs a trained text tower: add --set rank.text_tower=lora "
+                          "(or top_layers)")
     uri = artifacts_uri(cfg, artifacts)
     parts = _stages_up_to("rank", cfg, uri, holdout)
     out.print(f"ranker: {uri}/rank (tail_share {parts['blend']['tail_share']:.2f})")
+    if export_encoder is not None:
+        import shutil
+
+        from ltray.rank.train import TEXT_ENCODER_DIR
+
+        src = parts["store"].stage_path("rank") / TEXT_ENCODER_DIR
+        if not (src / "config.json").is_file():
+            raise FileNotFoundError(f"{src} holds no exported encoder: the rank stage trained no text tower")
+        shutil.copytree(src, export_encoder, dirs_exist_ok=True)
+        out.print(f"fine-tuned encoder: {export_encoder} (use --set embed.model={export_encoder})")
 
 
 @app.command()

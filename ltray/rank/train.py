@@ -47,6 +47,7 @@ ROWS_PER_FILE = 65_536  # several Parquet files, so the dataset splits into bloc
 VAL_BATCH_ROWS = 65_536
 TOWER_EVAL_ITEMS = 256  # distinct items per encoder pass when scoring validation (bounds activation memory)
 TEXT_ENCODER_DIR = "text_encoder"
+TOWER_ITEMS_FILE = "text_tower_items.npy"  # the tower's output per catalog item: scoring needs no tokens
 
 
 class TrainError(RuntimeError):
@@ -419,6 +420,9 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     if tower:
         best_model, _ = load_model(out / WEIGHTS_FILE)
         encoder_dir = str(best_model.text_tower.export(out / TEXT_ENCODER_DIR))
+        with torch.inference_mode():
+            items = _tower_outputs(best_model, tok, np.arange(ctx.n_items), torch.device("cpu"))
+        np.save(out / TOWER_ITEMS_FILE, items.numpy().astype(np.float32), allow_pickle=False)
     history: list[dict[str, Any]] = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
