@@ -52,6 +52,7 @@ def main() -> None:
     train = train.iloc[:n_samples]
     builder = FeatureBuilder(base).fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=train)
     feats = builder.build(ctx, train)
+    labels = train["label"].to_numpy(np.float32).copy()
     tokens = ItemTokens.from_texts(data.items["text"].tolist(), load_tokenizer(None), args.max_length)
     print(f"{len(train)} samples, batch {args.batch}, max_length {args.max_length}, "
           f"mean item tokens {tokens.lengths.mean():.1f}, 1 torch thread")
@@ -74,7 +75,7 @@ def main() -> None:
                 extra_in = tokens.batch(train["item_idx"].to_numpy()[sl])
             logits = model(torch.from_numpy(feats["user_hash"][sl]), torch.from_numpy(feats["item_hash"][sl]),
                            torch.from_numpy(feats["dense"][sl]), *extra_in)
-            loss = bce_loss(logits, torch.from_numpy(train["label"].to_numpy(np.float32)[sl]))
+            loss = bce_loss(logits, torch.from_numpy(labels[sl]))
             for o in opts:
                 o.zero_grad(set_to_none=True)
             loss.backward()
