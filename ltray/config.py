@@ -111,6 +111,8 @@ class RankConfig(_Section):
     popularity_exponent: float = Field(0.75, ge=0, description="popular negatives are drawn ~ count**this")
     negative_redraws: int = Field(8, ge=0, description="redraws of a negative that hit a positive, then dropped")
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="latest share of interactions that validates")
+    validation_per_user: bool = Field(True, description="the cut is per user (each user's latest share "
+                                      "validates); False = one global time cut")
     id_buckets: int = Field(50_000, ge=16, description="hash buckets of each of the user and item id tables")
     id_dim: int = Field(16, ge=2)
     text_dim: int = Field(32, ge=2, description="PCA dims of item text vectors and user profiles")

@@ -80,7 +80,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     seen = fit_part[fit_part["user_id"].isin(set(train_users))].copy()
     seen["item_idx"] = gen.item_rows(seen["item_id"].to_numpy())
     table = sample_training_table(pos, cands, ctx, cfg.rank, rng, seen=seen[["user_id", "item_idx"]])
-    train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction)
+    train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
+                                             by="user_id" if cfg.rank.validation_per_user else None)
     builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
     metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, out_dir, storage_path=storage)

@@ -11,18 +11,27 @@ from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 RANDOM, POPULAR, HARD = 0, 1, 2
 
 
-def time_validation_split(table: pd.DataFrame, fraction: float, ts_col: str = "ts"
+def time_validation_split(table: pd.DataFrame, fraction: float, ts_col: str = "ts", by: str | None = None
                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The latest ``fraction`` of rows (by time) validates; the rest trains. Never a shuffle.
 
-    Rows at the cut time all go to validation, so every validation row is at or after every
+    With ``by`` (e.g. "user_id") the cut is per group: each user's latest rows validate, so every
+    validation row is at or after that user's training rows and every user is represented (a
+    global cut lets the few users active last dominate the validation set). Without it, rows at
+    the global cut time all go to validation, so every validation row is at or after every
     training row.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction {fraction} must be in (0, 1)")
     ts = table[ts_col].to_numpy()
-    cut = np.quantile(ts, 1.0 - fraction, method="higher")
-    is_val = ts >= cut
+    if by is None:
+        is_val = ts >= np.quantile(ts, 1.0 - fraction, method="higher")
+    else:
+        cut = table.groupby(by, sort=False)[ts_col].transform(
+            lambda t: np.quantile(t.to_numpy(), 1.0 - fraction, method="higher"))
+        # A user whose rows share one time stays in training rather than all in validation.
+        single = table.groupby(by, sort=False)[ts_col].transform("nunique").to_numpy() < 2
+        is_val = (ts >= cut.to_numpy()) & ~single
     if is_val.all() or not is_val.any():
         raise ValueError(f"cannot split {len(table)} rows by time at fraction {fraction}: "
                          "too few distinct timestamps")
@@ -54,7 +63,7 @@ def attach_flags(table: pd.DataFrame, candidates: pd.DataFrame | None) -> pd.Dat
 def sample_training_table(positives: pd.DataFrame, candidates: pd.DataFrame | None, ctx: FeatureContext,
                           cfg: RankConfig, rng: np.random.Generator, seen: pd.DataFrame | None = None
                           ) -> pd.DataFrame:
-    """Positives (label 1) plus ``negatives_per_positive`` sampled negatives (label 0) per positive.
+    """Positives (label 1) plus ``negatives_per_positive`` sampled negatives (label 0) per positive, in random row order.
 
     Negatives mix random catalog items, popularity**exponent items and hard negatives (candidates
     the user did not take) per ``cfg.negative_mix``; a user without hard candidates gets popular
@@ -126,4 +135,7 @@ def sample_training_table(positives: pd.DataFrame, candidates: pd.DataFrame | No
     if "ts" in pos:
         ts = pos["ts"].to_numpy(dtype=np.int64)
         table["ts"] = np.concatenate([ts, np.repeat(ts, k)[keep]])
+    # Rows in random order: a reader streaming the table must never see all positives, then all
+    # negatives (measured: train AUC swung 0.85 -> 0.21 between epochs on MovieLens).
+    table = table.iloc[rng.permutation(len(table))].reset_index(drop=True)
     return attach_flags(table, candidates)
