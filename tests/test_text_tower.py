@@ -212,3 +212,39 @@ def test_ray_data_stage_re_embeds_with_the_exported_encoder(lora_run, small_synt
     base = TextEncoder(None, max_length=MAX_LEN, dtype="fp32", device="cpu").encode(items["text"].tolist())
     np.testing.assert_allclose(vectors, direct, atol=1e-5)
     assert np.abs(vectors - base).max() > 1e-4
+
+
+def test_tower_optimizer_state_round_trips_for_resume(tokens, tmp_path):
+    """A restarted worker reloads the tower's optimizers (two Adam groups + SparseAdam) exactly."""
+    from ltray.rank.train import _load_optimizers, _save_optimizers
+
+    cfg = _tower_cfg("top_layers")
+    model = CTRModel.for_features(SPEC, cfg, sparse_embeddings=True)
+    opts = model.optimizers(cfg.lr, cfg.weight_decay, tower_lr=cfg.text_tower_lr)
+    model.train()
+    ids, mask, rows = tokens.batch(np.arange(4))
+    bce_loss(model(torch.arange(4), torch.arange(4), torch.ones(4, 6), ids, mask, rows), torch.ones(4)).backward()
+    for o in opts:
+        o.step()
+    saved = _save_optimizers(opts, tmp_path / "opt.safetensors")
+    again = model.optimizers(cfg.lr, cfg.weight_decay, tower_lr=cfg.text_tower_lr)
+    _load_optimizers(again, tmp_path / "opt.safetensors", json.loads(json.dumps(saved)))
+    assert [g["lr"] for g in again[0].param_groups] == [cfg.lr, cfg.text_tower_lr]
+    for a, b in zip(opts, again, strict=True):
+        sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+        assert sa.keys() == sb.keys() and sa
+        for k in sa:
+            for name, v in sa[k].items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[k][name])), (k, name)
+
+
+def test_cli_export_encoder_needs_a_tower(tmp_path):
+    from typer.testing import CliRunner
+
+    from ltray.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--dataset", "synthetic", "--artifacts", str(tmp_path / "run"),
+                                      "--export-encoder", str(tmp_path / "enc")])
+    assert result.exit_code == 2
+    assert "rank.text_tower=lora" in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "enc").exists()
