@@ -1,7 +1,8 @@
 """The tail-aware blend: a user's scored candidates -> the final top k.
 
 Quotas (or a calibrated boost) for tail and cold items, filled by the best-scored
-items of each kind. Pure pandas/numpy, shared by offline evaluation and Serve.
+items of each kind. `blend_positions` is the one implementation (plain numpy: it runs on
+every request); `blend` applies it to a candidate DataFrame for offline code.
 """
 
 from __future__ import annotations
@@ -9,39 +10,73 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ltray.data.segments import COLD, HEAD
+from ltray.data.segments import COLD, HEAD, SEGMENT_CODES
 
 
 def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0
           ) -> pd.DataFrame:
     """Top-k by score with at least round(tail_share * k) tail/cold items and, on top of them, at
     least round(cold_share * k) cold (never interacted) items: quotas filled by the best-scored
-    items of each kind; best first."""
+    items of each kind; best first. The rows of `cands` (with the boost, their raised scores)."""
     if len(cands) == 0:
         return cands
-    ranked = cands.sort_values("score", ascending=False, kind="stable")
-    seg = ranked["segment"].to_numpy()
-    is_tail = seg != HEAD
+    pos, scores = blend_positions(cands["score"].to_numpy(), cands["segment"].to_numpy(), k, tail_share, method,
+                                  cold_share)
+    picked = cands.iloc[pos]
+    return picked if scores is None else picked.assign(score=scores)
+
+
+def blend_positions(score: np.ndarray, segment: np.ndarray, k: int, tail_share: float, method: str = "quota",
+                    cold_share: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """`blend` on plain arrays: (row positions of the top k, best first; their boosted scores or None).
+
+    `segment` holds names ("head"/"tail"/"cold") or int codes. Ties in score keep row order.
+    """
+    score = np.asarray(score)
+    seg = np.asarray(segment)
+    is_head, is_cold = (seg == SEGMENT_CODES[HEAD], seg == SEGMENT_CODES[COLD]) if seg.dtype.kind in "iu" else (
+        seg == HEAD, seg == COLD)
+    ranked = _order(score)
+    is_tail = ~is_head[ranked]
     q, qc = int(round(tail_share * k)), min(k, int(round(cold_share * k)))
     if method == "boost" and q and not qc:
         # A calibrated boost: raise tail scores by the gap that lets the quota in, no more.
-        return ranked.head(k) if is_tail[:k].sum() >= q else _boost(ranked, is_tail, k, q)
-    cold_pick = ranked.loc[seg == COLD].head(qc)
-    tail_pick = ranked.loc[is_tail].drop(index=cold_pick.index).head(min(q, k - len(cold_pick)))
-    picked = pd.concat([cold_pick, tail_pick])
-    rest = ranked.drop(index=picked.index).head(k - len(picked))
-    return pd.concat([rest, picked]).sort_values("score", ascending=False, kind="stable")
+        if is_tail[:k].sum() >= q:
+            return ranked[:k], None
+        return _boost(score[ranked], ranked, is_tail, k, q)
+    # Positions in rank order: the cold quota, then the tail quota, then the best of the rest.
+    cold_pick = np.flatnonzero(is_cold[ranked])[:qc]
+    taken = np.zeros(len(ranked), bool)
+    taken[cold_pick] = True
+    tail_pick = np.flatnonzero(is_tail & ~taken)[: min(q, k - len(cold_pick))]
+    taken[tail_pick] = True
+    rest = np.flatnonzero(~taken)[: k - len(cold_pick) - len(tail_pick)]
+    # The rest first, then the quota picks; a stable sort by score keeps that order among ties.
+    chosen = ranked[np.concatenate([rest, cold_pick, tail_pick])]
+    return chosen[_order(score[chosen])], None
 
 
-def _boost(ranked: pd.DataFrame, is_tail: np.ndarray, k: int, q: int) -> pd.DataFrame:
-    scores = ranked["score"].to_numpy(np.float64)
+def _order(score: np.ndarray) -> np.ndarray:
+    """Best first, ties in row order, NaN last (as pandas' stable descending sort)."""
+    s = np.asarray(score)
+    nan = np.isnan(s) if s.dtype.kind == "f" else np.zeros(len(s), bool)
+    # Stable argsort of the negation: equal scores keep their row order.
+    order = np.argsort(-s[~nan], kind="stable")
+    return np.concatenate([np.flatnonzero(~nan)[order], np.flatnonzero(nan)])
+
+
+def _boost(ranked_scores: np.ndarray, ranked: np.ndarray, is_tail: np.ndarray, k: int, q: int
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    scores = ranked_scores.astype(np.float64)
     tail_scores = np.sort(scores[is_tail])[::-1]
-    if len(tail_scores) == 0:
-        return ranked.head(k)
-    kth_head = np.sort(scores[~is_tail])[::-1][min(k - q, (~is_tail).sum() - 1)]
+    head_scores = np.sort(scores[~is_tail])[::-1]
+    if len(tail_scores) == 0 or len(head_scores) == 0:
+        return ranked[:k], None
+    kth_head = head_scores[min(k - q, len(head_scores) - 1)]
     gap = max(0.0, kth_head - tail_scores[min(q, len(tail_scores)) - 1]) + 1e-6
-    boosted = ranked.assign(score=np.where(is_tail, scores + gap, scores))
-    return boosted.sort_values("score", ascending=False, kind="stable").head(k)
+    boosted = np.where(is_tail, scores + gap, scores)
+    top = _order(boosted)[:k]
+    return ranked[top], boosted[top]
 
 
-__all__ = ["blend"]
+__all__ = ["blend", "blend_positions"]

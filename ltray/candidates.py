@@ -23,6 +23,8 @@ from ltray.index.profiles import recent_items_of, user_profiles
 
 SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
 SOURCES = ("cf", "tail", "bridge", "pop")
+# A candidate table as plain column arrays (item_idx, from_*, *_score, source, segment): one row per item.
+Columns = dict[str, np.ndarray]
 DAY = 86_400.0
 
 
@@ -175,6 +177,11 @@ class CandidateGenerator:
     # -- candidates ---------------------------------------------------------------
     def candidates(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
                    n_bridge: int | None = None) -> pd.DataFrame:
+        return pd.DataFrame(self.candidate_columns(state, n_cf, n_tail, n_bridge))
+
+    def candidate_columns(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
+                          n_bridge: int | None = None) -> Columns:
+        """`candidates` as plain column arrays (the per-request form: no DataFrame)."""
         b = self.cfg.blend
         n_cf = b.n_cf if n_cf is None else n_cf
         n_tail = b.n_tail if n_tail is None else n_tail
@@ -201,8 +208,8 @@ class CandidateGenerator:
         return parts
 
     def merge_parts(self, state: UserState | None, parts: list[tuple[str, np.ndarray, np.ndarray]],
-                    n_fallback: int) -> pd.DataFrame:
-        """One candidate table from parts in SOURCES order, or the fallback when there are none."""
+                    n_fallback: int) -> Columns:
+        """One candidate table (column arrays) from parts in SOURCES order, or the fallback when there are none."""
         if state is None:
             return self._fallback(n_fallback)
         if not parts:
@@ -224,7 +231,7 @@ class CandidateGenerator:
         first = np.sort(first)[:n]
         return ids[first], scores[first]
 
-    def _fallback(self, n: int, seen: np.ndarray | None = None) -> pd.DataFrame:
+    def _fallback(self, n: int, seen: np.ndarray | None = None) -> Columns:
         """Unknown users: popular head items mixed with tail items spread over the text space."""
         seen = np.zeros(0, np.int64) if seen is None else seen
         pop = self._pop_order[~np.isin(self._pop_order, seen)]
@@ -236,7 +243,7 @@ class CandidateGenerator:
         score = np.log1p(self.m.item_pop[ids])
         return self._merge([("pop", ids, score)])
 
-    def _merge(self, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    def _merge(self, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> Columns:
         """One row per item (sorted by item row): a flag and the best score per source; `source` is the
         first part that found it. Plain numpy: this runs on every request (pandas pivots cost ~60 ms)."""
         ids_all = np.concatenate([np.asarray(ids, np.int64) for _, ids, _ in parts])
@@ -254,7 +261,7 @@ class CandidateGenerator:
             out[f"from_{s}"], out[f"{s}_score"] = flag, best
         out["source"] = np.asarray(SOURCES, dtype=object)[src_all[first]]
         out["segment"] = SEGMENT_NAMES[self.m.item_segment[items]]
-        return pd.DataFrame(out)
+        return out
 
     # -- item-side queries ----------------------------------------------------------
     def similar_items(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ltray.blend import blend
-from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, UserState
+from ltray.blend import blend_positions
+from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config
-from ltray.rank.features import FeatureContext
+from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.features import UserState as RankUserState
 from ltray.rank.ranker import Ranker
 from ltray.text_mining import shared_keywords
@@ -22,6 +22,9 @@ from ltray.text_mining import shared_keywords
 # Cosine above which an item counts as "like" one from the user's history in a reason string.
 _REASON_MIN_COSINE = 0.5
 
+
+# A candidate table: plain column arrays (the per-request form) or a DataFrame with the same columns.
+Cands = Columns | pd.DataFrame
 
 # How many of a user's latest items describe their current taste in CF space.
 RECENT_FACTOR_ITEMS = 5
@@ -94,18 +97,18 @@ class Recommender:
         self.explainer = explainer
 
     # -- scoring --------------------------------------------------------------------
-    def score(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> np.ndarray:
+    def score(self, user_id: str, state: UserState | None, cands: Cands) -> np.ndarray:
         """The final score: the user's standardised ALS score plus ranker_weight x the ranker's logit."""
         cf_z, logit = self.score_parts(user_id, state, cands)
         return combine(cf_z, logit, self.ranker_weight)
 
-    def score_parts(self, user_id: str, state: UserState | None, cands: pd.DataFrame
+    def score_parts(self, user_id: str, state: UserState | None, cands: Cands
                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(standardised ALS score, ranker logit or None) for every candidate."""
         if state is None or not np.any(state.factor):
             # A user we know nothing of: keep the generator's own order.
             return _source_order(cands), None
-        cf_z = self.cf_z(state.factor, cands["item_idx"].to_numpy(np.int64))
+        cf_z = self.cf_z(state.factor, np.asarray(cands["item_idx"], np.int64))
         if self.ranker is None:
             return cf_z, None
         p = np.clip(self._ranker_prob(user_id, state, cands).astype(np.float64), 1e-7, 1 - 1e-7)
@@ -119,8 +122,10 @@ class Recommender:
         std = np.sqrt(max(float(u @ cov @ u), 0.0)) + 1e-12
         return ((raw - u @ mu) / std).astype(np.float32)
 
-    def _ranker_prob(self, user_id: str, state: UserState, cands: pd.DataFrame) -> np.ndarray:
-        table = cands.assign(user_id=str(user_id))
+    def _ranker_prob(self, user_id: str, state: UserState, cands: Cands) -> np.ndarray:
+        # Plain columns, one user id for every row: the FeatureBuilder's per-request form.
+        table = {"user_id": str(user_id), "item_idx": np.asarray(cands["item_idx"], np.int64),
+                 **{c: np.asarray(cands[c], np.float32) for c in SOURCE_FLAGS if c in cands}}
         override = None
         if self.generator.user_row(user_id) is None or len(state.recent) != len(
                 self.models.user_recent[self.generator.user_row(user_id)]):
@@ -130,19 +135,20 @@ class Recommender:
                                  debias_popularity=self.cfg.rank.debias_popularity)
 
     def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
-                        ) -> tuple[UserState | None, pd.DataFrame]:
+                        ) -> tuple[UserState | None, Columns]:
+        """The user's state and scored candidate columns (see `score_candidates`)."""
         state = self.generator.state(user_id, recent_items)
         if state is not None and not exclude_seen:
             state = UserState(state.factor, state.profile, state.recent, np.zeros(0, np.int64), state.n,
                               state.last_ts)
-        cands = self.generator.candidates(state)
+        cands = self.generator.candidate_columns(state)
         return state, self.score_candidates(user_id, state, cands)
 
-    def score_candidates(self, user_id: str, state: UserState | None, cands: pd.DataFrame) -> pd.DataFrame:
+    def score_candidates(self, user_id: str, state: UserState | None, cands: Cands) -> Cands:
         """Adds cf_z, ranker_logit and the final score to a candidate table (in place; Serve's ranker too)."""
         cf_z, logit = self.score_parts(user_id, state, cands)
         cands["cf_z"] = cf_z
-        cands["ranker_logit"] = np.zeros(len(cands), np.float32) if logit is None else logit
+        cands["ranker_logit"] = np.zeros(len(cf_z), np.float32) if logit is None else logit
         cands["score"] = combine(cf_z, logit, self.ranker_weight)
         return cands
 
@@ -152,16 +158,25 @@ class Recommender:
         state, cands = self.rank_candidates(user_id, recent_items, exclude_seen)
         return self.top_k(state, cands, k, tail_share, explain)
 
-    def top_k(self, state: UserState | None, cands: pd.DataFrame, k: int, tail_share: float | None = None,
+    def top_k(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
               explain: bool = True) -> pd.DataFrame:
-        """Scored candidates -> the blended top k with item_id (and reason); Serve's ranker calls this too."""
+        """Scored candidates -> the blended top k with item_id (and reason), as a DataFrame."""
+        return pd.DataFrame(self.top_k_columns(state, cands, k, tail_share, explain))
+
+    def top_k_columns(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
+                      explain: bool = True) -> Columns:
+        """`top_k` as plain columns (item_id, item_idx, score, segment, source[, reason]); Serve's ranker."""
         share = self.tail_share if tail_share is None else tail_share
-        picked = blend(cands, k, share, self.cfg.blend.method, self.cold_share)
-        out = picked[["item_idx", "score", "segment", "source"]].reset_index(drop=True)
-        out.insert(0, "item_id", self.models.item_ids[out["item_idx"].to_numpy()])
+        score = np.asarray(cands["score"])
+        pos, boosted = blend_positions(score, np.asarray(cands["segment"]), k, share, self.cfg.blend.method,
+                                       self.cold_share)
+        item_idx = np.asarray(cands["item_idx"], np.int64)[pos]
+        out = {"item_id": self.models.item_ids[item_idx], "item_idx": item_idx,
+               "score": score[pos] if boosted is None else boosted,
+               "segment": np.asarray(cands["segment"])[pos], "source": np.asarray(cands["source"])[pos]}
         if explain and self.explainer is not None:
-            out["reason"] = [self.explainer.reason(int(i), s, state, self.models.item_vectors)
-                             for i, s in zip(out["item_idx"], out["source"], strict=True)]
+            out["reason"] = np.array([self.explainer.reason(int(i), s, state, self.models.item_vectors)
+                                      for i, s in zip(item_idx, out["source"], strict=True)], dtype=object)
         return out
 
     def recommend_rows(self, user_ids, k: int, settings=((None, None, None),)) -> dict[tuple, np.ndarray]:
@@ -174,10 +189,10 @@ class Recommender:
             _, cands = self.rank_candidates(u)
             for w, share, cold in settings:
                 weight = self.ranker_weight if w is None else w
-                scored = cands.assign(score=combine(cands["cf_z"].to_numpy(), cands["ranker_logit"].to_numpy(),
-                                                    weight))
-                rows = blend(scored, k, self.tail_share if share is None else share, self.cfg.blend.method,
-                             self.cold_share if cold is None else cold)["item_idx"].to_numpy()
+                pos, _ = blend_positions(combine(cands["cf_z"], cands["ranker_logit"], weight), cands["segment"], k,
+                                         self.tail_share if share is None else share, self.cfg.blend.method,
+                                         self.cold_share if cold is None else cold)
+                rows = cands["item_idx"][pos]
                 out[(w, share, cold)][r, : len(rows)] = rows
         return out
 
@@ -189,11 +204,11 @@ def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) ->
     return (np.asarray(cf_z, np.float64) + ranker_weight * np.asarray(logit, np.float64)).astype(np.float32)
 
 
-def _source_order(cands: pd.DataFrame) -> np.ndarray:
+def _source_order(cands: Cands) -> np.ndarray:
     """Without a ranker: CF score order first, then the other sources by their own scores."""
-    cf = cands["cf_score"].to_numpy(np.float64)
-    other = np.nanmax(cands[["tail_score", "bridge_score", "pop_score"]].to_numpy(np.float64), axis=1,
-                      initial=-np.inf) if len(cands) else np.zeros(0)
+    cf = np.asarray(cands["cf_score"], np.float64)
+    other = np.nanmax(np.stack([np.asarray(cands[c], np.float64) for c in ("tail_score", "bridge_score", "pop_score")],
+                               axis=1), axis=1, initial=-np.inf) if len(cf) else np.zeros(0)
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 

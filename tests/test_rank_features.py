@@ -174,3 +174,19 @@ def test_time_validation_split_validates_on_later_interactions():
     assert 0.17 < len(val) / len(df) < 0.23
     with pytest.raises(ValueError, match="distinct timestamps"):
         time_validation_split(df.assign(ts=5), 0.2)
+
+
+def test_per_request_column_form_gives_the_training_features(case, tmp_path):
+    """Serve's form -- plain column arrays, one user id for all of a user's candidates -- is the same
+    `build` and gives, bit for bit, what training wrote for those rows."""
+    ctx, builder, train = case["ctx"], case["builder"], case["train"]
+    write_samples(builder, ctx, train, str(tmp_path / "train"))
+    stored = arrow_to_features(pq.read_table(tmp_path / "train"))
+    for user in train["user_id"].drop_duplicates().sample(8, random_state=0):
+        rows = np.flatnonzero(train["user_id"].to_numpy() == user)
+        part = train.iloc[rows]
+        cols = {"user_id": user, "item_idx": part["item_idx"].to_numpy(),
+                **{c: part[c].to_numpy() for c in SOURCE_FLAGS}}
+        f = builder.build(ctx, cols)
+        for key in ("user_hash", "item_hash", "dense"):
+            np.testing.assert_array_equal(f[key], stored[key][rows], err_msg=f"{key} user {user}")

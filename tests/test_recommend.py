@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ltray.blend import blend
+from ltray.blend import blend, blend_positions
 from ltray.recommend import combine
 from ltray.tuning import choose_tail_share
 
@@ -79,3 +81,51 @@ def test_operating_point_rule_falls_back_to_the_most_accurate_point():
     curve = [{"tail_share": 0.1, "Recall@20": 0.05, "TailRecall@20": 0.02},
              {"tail_share": 0.0, "Recall@20": 0.08, "TailRecall@20": 0.00}]
     assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.0
+
+
+# -- the numpy blend against the pandas blend it replaced (kept here as the reference) ----------------------
+def _reference_blend(cands: pd.DataFrame, k: int, tail_share: float, method: str, cold_share: float):
+    if len(cands) == 0:
+        return cands
+    ranked = cands.sort_values("score", ascending=False, kind="stable")
+    seg = ranked["segment"].to_numpy()
+    is_tail = seg != "head"
+    q, qc = int(round(tail_share * k)), min(k, int(round(cold_share * k)))
+    if method == "boost" and q and not qc:
+        if is_tail[:k].sum() >= q:
+            return ranked.head(k)
+        scores = ranked["score"].to_numpy(np.float64)
+        tail_scores = np.sort(scores[is_tail])[::-1]
+        if len(tail_scores) == 0 or (~is_tail).sum() == 0:
+            return ranked.head(k)
+        kth_head = np.sort(scores[~is_tail])[::-1][min(k - q, (~is_tail).sum() - 1)]
+        gap = max(0.0, kth_head - tail_scores[min(q, len(tail_scores)) - 1]) + 1e-6
+        boosted = ranked.assign(score=np.where(is_tail, scores + gap, scores))
+        return boosted.sort_values("score", ascending=False, kind="stable").head(k)
+    cold_pick = ranked.loc[seg == "cold"].head(qc)
+    tail_pick = ranked.loc[is_tail].drop(index=cold_pick.index).head(min(q, k - len(cold_pick)))
+    picked = pd.concat([cold_pick, tail_pick])
+    rest = ranked.drop(index=picked.index).head(k - len(picked))
+    return pd.concat([rest, picked]).sort_values("score", ascending=False, kind="stable")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_numpy_blend_equals_the_pandas_reference(data):
+    n = data.draw(st.integers(0, 40))
+    # Few distinct scores, so ties (and their order) are exercised; NaN too.
+    scores = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, -1.0, float("nan")]), min_size=n,
+                                max_size=n))
+    segs = data.draw(st.lists(st.sampled_from(["head", "tail", "cold"]), min_size=n, max_size=n))
+    k = data.draw(st.integers(1, 25))
+    share = data.draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]))
+    cold = data.draw(st.sampled_from([0.0, 0.0, 0.1, 0.3]))
+    method = data.draw(st.sampled_from(["quota", "boost"]))
+    cands = _cands(segs, scores)
+    want = _reference_blend(cands, k, share, method, cold)
+    got = blend(cands, k, share, method, cold)
+    assert got["item_idx"].tolist() == want["item_idx"].tolist()
+    np.testing.assert_array_equal(got["score"].to_numpy(np.float64), want["score"].to_numpy(np.float64))
+    codes = np.array([{"head": 0, "tail": 1, "cold": 2}[s] for s in segs], np.int8)
+    pos, _ = blend_positions(cands["score"].to_numpy(), codes, k, share, method, cold)
+    assert pos.tolist() == want["item_idx"].tolist()  # item_idx == row position here

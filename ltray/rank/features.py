@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -142,9 +143,29 @@ def stable_hash(ids) -> np.ndarray:
     return h[inv.reshape(-1)]
 
 
-def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray, overrides: dict[str, UserState] | None):
+# A candidate table: a DataFrame, or a mapping of column arrays whose user_id may be one id for all rows.
+Table = pd.DataFrame | Mapping[str, Any]
+
+
+def _item_rows(table: Table) -> np.ndarray:
+    return np.asarray(table["item_idx"], dtype=np.int64)
+
+
+def _user_column(table: Table) -> np.ndarray | str:
+    """Per-row user ids as a str array, or one str when the mapping gives one id for every row."""
+    users = table["user_id"]
+    if isinstance(users, str | np.str_):
+        return str(users)
+    return (users.astype(str).to_numpy() if isinstance(users, pd.Series) else np.asarray(users).astype(str))
+
+
+def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray | str, overrides: dict[str, UserState] | None,
+                 n_rows: int):
     """Per-row user factor, profile, activity and last time; overrides win, unknown users are cold."""
-    uniq, inv = np.unique(user_ids, return_inverse=True)
+    if isinstance(user_ids, str):  # one user for every row (a Serve request)
+        uniq, inv = np.array([user_ids]), np.zeros(n_rows, np.int64)
+    else:
+        uniq, inv = np.unique(user_ids, return_inverse=True)
     f, d = ctx.user_factors.shape[1], ctx.user_profiles.shape[1]
     fac = np.zeros((len(uniq), f), np.float32)
     prof = np.zeros((len(uniq), d), np.float32)
@@ -214,7 +235,7 @@ class FeatureBuilder:
         return self.dense_names().index("log_item_pop")
 
     # -- fit ----------------------------------------------------------------------
-    def fit(self, ctx: FeatureContext, train_item_idx, table: pd.DataFrame | None = None) -> FeatureBuilder:
+    def fit(self, ctx: FeatureContext, train_item_idx, table: Table | None = None) -> FeatureBuilder:
         """PCA of text vectors on training items only; dense stats on ``table`` or on random pairs."""
         idx = np.unique(np.asarray(train_item_idx, dtype=np.int64))
         if len(idx) < 2:
@@ -245,12 +266,11 @@ class FeatureBuilder:
         return self
 
     # -- build --------------------------------------------------------------------
-    def _raw_dense(self, ctx: FeatureContext, table: pd.DataFrame, users_override, debias: bool) -> np.ndarray:
-        item_idx = table["item_idx"].to_numpy(dtype=np.int64)
+    def _raw_dense(self, ctx: FeatureContext, table: Table, users_override, debias: bool) -> np.ndarray:
+        item_idx, user_ids = _item_rows(table), _user_column(table)
         if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= ctx.n_items):
             raise ValueError(f"item_idx out of range [0, {ctx.n_items})")
-        user_ids = table["user_id"].astype(str).to_numpy()
-        fac, prof, n, last, rfac, _, inv = _user_arrays(ctx, user_ids, users_override)
+        fac, prof, n, last, rfac, _, inv = _user_arrays(ctx, user_ids, users_override, len(item_idx))
         # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
         # not depend on which other rows it is built with (training bulk vs one Serve request).
         v = ctx.item_vectors[item_idx].astype(np.float64)
@@ -272,7 +292,7 @@ class FeatureBuilder:
         rf_norm = np.linalg.norm(rf, axis=1) + _EPS
         recent_cos = (rf * ctx.unit_item_factors[item_idx]).sum(1) / rf_norm
         bridge = (uf * ctx.item_bridge[item_idx]).sum(1)
-        flags = np.stack([table[c].to_numpy(dtype=np.float32) if c in table else np.zeros(len(table), np.float32)
+        flags = np.stack([np.asarray(table[c], np.float32) if c in table else np.zeros(len(item_idx), np.float32)
                           for c in SOURCE_FLAGS], axis=1)
         log_pop = np.log1p(ctx.item_pop[item_idx].astype(np.float64))
         if debias:
@@ -282,7 +302,7 @@ class FeatureBuilder:
         cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
                 bridge[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
-        return np.concatenate([np.asarray(c, np.float64).reshape(len(table), -1) for c in cols], axis=1)
+        return np.concatenate([np.asarray(c, np.float64).reshape(len(item_idx), -1) for c in cols], axis=1)
 
     def _pop_constant(self) -> float:
         # The training mean of log-popularity: after standardisation the column is exactly 0.
@@ -290,9 +310,12 @@ class FeatureBuilder:
             raise RuntimeError("FeatureBuilder is not fitted")
         return float(self.dense_mean[self.pop_column])
 
-    def build(self, ctx: FeatureContext, table: pd.DataFrame, users_override: dict[str, UserState] | None = None,
+    def build(self, ctx: FeatureContext, table: Table, users_override: dict[str, UserState] | None = None,
               debias_popularity: bool = False) -> dict[str, np.ndarray]:
         """Model inputs for every row of ``table`` (user_id, item_idx, from_* flags).
+
+        ``table`` is a DataFrame or a mapping of column arrays (what Serve passes), where ``user_id``
+        may be one id for every row.
 
         ``users_override`` maps user ids to ``UserState`` for users the context does not know
         (or knows only stale). ``debias_popularity`` fixes log-popularity to its training mean.
@@ -305,10 +328,11 @@ class FeatureBuilder:
                 f"from the fitted builder (text {self.text_in_dim}, factors {self.factor_dim})")
         raw = self._raw_dense(ctx, table, users_override, debias_popularity)
         dense = ((raw - self.dense_mean.astype(np.float64)) / self.dense_std).astype(np.float32)
-        users = table["user_id"].astype(str).to_numpy()
-        item_idx = table["item_idx"].to_numpy(dtype=np.int64)
+        users, item_idx = _user_column(table), _item_rows(table)
+        user_hash = stable_hash(np.char.add("u:", users)) if isinstance(users, np.ndarray) else np.full(
+            len(item_idx), stable_hash([f"u:{users}"])[0], np.int64)
         return {
-            "user_hash": stable_hash(np.char.add("u:", users)) % self.id_buckets,
+            "user_hash": user_hash % self.id_buckets,
             "item_hash": ctx.item_hash[item_idx] % self.id_buckets,
             "dense": dense,
         }

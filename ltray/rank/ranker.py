@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ltray.rank.features import (
@@ -15,6 +14,7 @@ from ltray.rank.features import (
     FeatureBuilder,
     FeatureContext,
     FeatureSpecError,
+    Table,
     UserState,
     spec_difference,
 )
@@ -56,10 +56,11 @@ class Ranker:
             info = json.loads((d / RANK_CONFIG_FILE).read_text())
         return cls(model, builder, bool(info.get("debias_popularity", False)), info)
 
-    def score(self, ctx: FeatureContext, table: pd.DataFrame, users_override: dict[str, UserState] | None = None,
+    def score(self, ctx: FeatureContext, table: Table, users_override: dict[str, UserState] | None = None,
               debias_popularity: bool | None = None) -> np.ndarray:
-        """Click probability per row of ``table`` (user_id, item_idx, from_* flags), float32."""
-        if len(table) == 0:
+        """Click probability per row of ``table`` (user_id, item_idx, from_* flags: a DataFrame or a mapping
+        of column arrays), float32."""
+        if len(np.asarray(table["item_idx"])) == 0:
             return np.zeros(0, np.float32)
         debias = self.debias_popularity if debias_popularity is None else debias_popularity
         feats = self.builder.build(ctx, table, users_override, debias_popularity=debias)
