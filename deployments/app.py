@@ -38,6 +38,7 @@ from deployments.schemas import (
 from deployments.stages import (
     Artifacts,
     Candidates,
+    Ranked,
     RankStage,
     Recall,
     RecallStage,
@@ -142,11 +143,11 @@ class _BatchedRanking:
     def _forward_from_thread(self, feats: dict):
         return asyncio.run_coroutine_threadsafe(self._forward_batched(feats), self._loop).result()
 
-    async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None):
+    async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None) -> Ranked:
         self._loop = asyncio.get_running_loop()
         top = await asyncio.to_thread(self.ranking.rank, user_id, state, cands, k, tail_share)
         share = self.ranking.default_tail_share if tail_share is None else tail_share
-        return top, share
+        return Ranked(top, share, self.ranking.version)
 
 
 @serve.deployment(name="CFRecall")
@@ -183,7 +184,8 @@ class TailRetrieval:
     def candidates(self, recall: Recall) -> Candidates:
         with self.metrics.timed("candidates"):
             out = self.stage.candidates(recall)
-        self.metrics.tail_share(out.table["segment"])
+        if out.consistent:
+            self.metrics.tail_share(out.table["segment"])
         return out
 
     def similar(self, item_id: str, k: int, segment: str | None):
@@ -212,11 +214,14 @@ class CTRRanker(_BatchedRanking):
         self._init_batching(cfg)
         self.metrics = StageMetrics("CTRRanker")
 
-    async def rank(self, user_id: str, state, cands, k: int, tail_share: float | None):
+    async def rank(self, user_id: str, state, cands, k: int, tail_share: float | None, version: str) -> Ranked:
+        """The top k of the candidates (columns), or `top=None` when they came from another artifacts version."""
+        if version != self.ranking.version:
+            return Ranked(None, 0.0, self.ranking.version)
         with self.metrics.timed("rank"):
-            top, share = await self._rank(user_id, state, cands, k, tail_share)
-        self.metrics.tail_share(top["segment"])
-        return top, share
+            ranked = await self._rank(user_id, state, cands, k, tail_share)
+        self.metrics.tail_share(ranked.top["segment"])
+        return ranked
 
     def ready(self) -> str:
         return self.ranking.version
@@ -240,9 +245,9 @@ class Pipeline(_BatchedRanking):
         with self.metrics.timed("recommend"):
             recall = await asyncio.to_thread(self.recall_stage.recall, user_id, recent_items, exclude_seen)
             cands = await asyncio.to_thread(self.retrieval.candidates, recall)
-            top, share = await self._rank(user_id, recall.state, cands.table, k, tail_share)
-        self.metrics.tail_share(top["segment"])
-        return recommendation(user_id, recall, cands, top, share, self.ranking.version)
+            ranked = await self._rank(user_id, recall.state, cands.table, k, tail_share)
+        self.metrics.tail_share(ranked.top["segment"])
+        return recommendation(user_id, recall, cands, ranked.top, ranked.tail_share, ranked.version)
 
     def similar(self, item_id: str, k: int, segment: str | None):
         try:
@@ -352,6 +357,28 @@ class Ingress:
                 if attempt == self.cfg.stage_retries:
                     raise StageUnavailable(f"{method}: no live replica ({type(e).__name__})") from e
 
+    async def _chain(self, req: RecommendRequest) -> dict[str, Any]:
+        """CFRecall -> TailRetrieval -> CTRRanker, all on one artifacts version.
+
+        While a new version rolls through the deployments (each updates on its own), a stage may answer
+        from the other version; item rows mean nothing across versions, so the request starts over
+        until the stages agree (bounded by serve.version_switch_wait_s), instead of failing.
+        """
+        deadline = time.monotonic() + self.cfg.version_switch_wait_s
+        while True:
+            recall = await self._call(self.recall, "recall", req.user_id, req.recent_items, req.exclude_seen)
+            cands = await self._call(self.retrieval, "candidates", recall)
+            if cands.consistent:
+                ranked = await self._call(self.ranker, "rank", req.user_id, recall.state, cands.table, req.k,
+                                          req.tail_share, cands.version)
+                if ranked.top is not None:
+                    return recommendation(req.user_id, recall, cands, ranked.top, ranked.tail_share,
+                                          ranked.version)
+            if time.monotonic() > deadline:
+                raise StageUnavailable("the stages answer from different artifact versions (a version switch "
+                                       f"has not finished in {self.cfg.version_switch_wait_s} s)")
+            await asyncio.sleep(self.cfg.version_retry_interval_s)
+
     def _check_k(self, k: int) -> None:
         if k > self.cfg.max_k:
             raise HTTPException(422, f"k={k} is over this server's limit of {self.cfg.max_k}")
@@ -368,12 +395,7 @@ class Ingress:
             body = await self._call(self.pipeline, "recommend", req.user_id, req.k, req.tail_share,
                                     req.exclude_seen, req.recent_items)
         else:
-            recall = await self._call(self.recall, "recall", req.user_id, req.recent_items, req.exclude_seen)
-            cands = await self._call(self.retrieval, "candidates", recall)
-            top, share = await self._call(self.ranker, "rank", req.user_id, recall.state, cands.table, req.k,
-                                          req.tail_share)
-            body = recommendation(req.user_id, recall, cands, top, share, self.version)
-        body["version"] = self.version
+            body = await self._chain(req)
         self.metrics.tail_share([it["segment"] for it in body["items"]])
         self.metrics.record("/recommend", 200, (time.perf_counter() - t0) * 1e3)
         return body

@@ -10,8 +10,9 @@ Each stage opens the artifact store at a URI and loads only what it needs:
 
 They call the library's own pieces (`CandidateGenerator.recall_parts` / `merge_parts`, the
 `Recommender`'s scoring, `blend` and `Explainer`), so the composition gives what the in-process
-`Recommender` gives. What passes between them is a user state (one factor and one profile vector, a
-few item rows) and candidate tables of item rows and scores -- never the item matrices.
+`Recommender` gives. What passes between them is small and plain: a user state (one factor and one
+profile vector, a few item rows), candidate columns (numpy arrays of item rows, flags and scores) and
+the top k as columns -- no DataFrames, never the item matrices.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore
-from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, UserState
+from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config, ServeConfig
 from ltray.data.segments import HEAD
 
@@ -92,12 +93,17 @@ class Recall:
     state: UserState | None
     parts: list[Part]
     unknown_recent_items: list[str]
+    version: str = ""  # the artifacts version it came from: item rows mean something only within one
 
 
 @dataclass
 class Candidates:
-    table: pd.DataFrame  # item_idx, from_*, *_score, source, segment
+    table: Columns  # item_idx, from_*, *_score, source, segment: one numpy array each
     fallback: bool
+    version: str = ""
+    # False: the recall came from another artifacts version (a version switch is rolling through the
+    # deployments); the table is empty and the caller asks again.
+    consistent: bool = True
 
 
 class RecallStage:
@@ -116,7 +122,7 @@ class RecallStage:
         if state is not None and not exclude_seen:
             state = dataclasses.replace(state, seen=np.zeros(0, np.int64))
         parts = [] if state is None else self.generator.recall_parts(state, self.cfg.blend.n_cf, 0, 0)
-        return Recall(state, parts, unknown)
+        return Recall(state, parts, unknown, self.version)
 
 
 class RetrievalStage:
@@ -140,12 +146,14 @@ class RetrievalStage:
         return self._encoder
 
     def candidates(self, recall: Recall) -> Candidates:
+        if recall.version != self.version:
+            return Candidates({}, fallback=False, version=self.version, consistent=False)
         b = self.cfg.blend
         parts = list(recall.parts)
         if recall.state is not None:
             parts += self.generator.recall_parts(recall.state, 0, b.n_tail, b.n_bridge)
         table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
-        return Candidates(table, fallback=not parts)
+        return Candidates(table, fallback=not parts, version=self.version)
 
     def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
         """Raises KeyError for an item outside the catalog."""
@@ -197,17 +205,30 @@ class RankStage:
         joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
         return np.split(self._model.score_features(joined), np.cumsum(sizes)[:-1])
 
-    def rank(self, user_id: str, state: UserState | None, cands: pd.DataFrame, k: int,
-             tail_share: float | None = None) -> pd.DataFrame:
-        scored = self.rec.score_candidates(user_id, state, cands)
-        return self.rec.top_k(state, scored, k, tail_share)
+    def rank(self, user_id: str, state: UserState | None, cands: Columns, k: int,
+             tail_share: float | None = None) -> Columns:
+        """The top k as columns (item_id, item_idx, score, segment, source, reason)."""
+        scored = self.rec.score_candidates(user_id, state, dict(cands))
+        return self.rec.top_k_columns(state, scored, k, tail_share)
 
 
-def recommendation(user_id: str, recall: Recall, cands: Candidates, top: pd.DataFrame, tail_share: float,
+@dataclass
+class Ranked:
+    """What CTRRanker hands back: the top k as columns (None when the candidates came from another
+    artifacts version), the tail share it applied and its own version."""
+
+    top: Columns | None
+    tail_share: float
+    version: str
+
+
+def recommendation(user_id: str, recall: Recall, cands: Candidates, top: Columns, tail_share: float,
                    version: str) -> dict[str, Any]:
     """The /recommend response body from the stages' outputs."""
-    items = [{"item_id": str(r.item_id), "score": float(r.score), "segment": str(r.segment),
-              "source": str(r.source), "reason": str(r.reason)} for r in top.itertuples(index=False)]
+    reasons = top["reason"] if "reason" in top else [""] * len(top["item_id"])
+    items = [{"item_id": str(i), "score": float(s), "segment": str(g), "source": str(o), "reason": str(r)}
+             for i, s, g, o, r in zip(top["item_id"], top["score"].tolist(), top["segment"], top["source"],
+                                      reasons, strict=True)]
     return {"user_id": user_id, "items": items, "fallback": cands.fallback, "tail_share": float(tail_share),
             "unknown_recent_items": recall.unknown_recent_items, "version": version}
 
@@ -218,5 +239,5 @@ def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
     return {"items": items, "version": version}
 
 
-__all__ = ["Artifacts", "Candidates", "RankStage", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
+__all__ = ["Artifacts", "Candidates", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
            "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of"]

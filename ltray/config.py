@@ -197,6 +197,11 @@ class ServeConfig(_Section):
     threads: int = Field(1, ge=1, description="torch / FAISS / BLAS threads per replica (more spin on 2 cores)")
     encoder_threads: int = Field(1, ge=1, description="torch threads of the /search text encoder")
     ready_timeout_s: float = Field(2.0, gt=0, description="/readyz: wait this long for each stage")
+    version_switch_wait_s: float = Field(
+        60.0, gt=0, description="chain: how long a request may wait for the stages to agree on one artifacts "
+        "version while a new one rolls out (then 503)")
+    version_retry_interval_s: float = Field(0.05, gt=0, description="chain: pause before asking the stages again "
+                                            "during a version switch")
 
 
 class EvalConfig(_Section):

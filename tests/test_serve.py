@@ -348,6 +348,89 @@ def test_killing_a_ranker_replica_under_load(server, recommender):
         time.sleep(0.5)
 
 
+def _second_run(src: str, dest: Path, tail_share: float) -> str:
+    """A copy of a run whose rank stage is committed again, as a new version, with another tail share."""
+    import json
+    import shutil
+
+    from ltray.artifacts import ArtifactStore
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("_train"))
+    store = ArtifactStore(str(dest))
+    old = store.stage_path("rank")
+    with store.writing("rank", store.stage_info("rank").get("fingerprint")) as w:
+        for f in old.iterdir():
+            if not f.name.startswith("."):
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, w.path / f.name)
+        blend = json.loads((old / "blend.json").read_text())
+        (w.path / "blend.json").write_text(json.dumps({**blend, "tail_share": tail_share}))
+    return str(dest)
+
+
+def test_version_switch_under_load_drops_no_request(server, serve_artifacts, recommender, tmp_path):
+    """Redeploying the app on a new run folder (what `serve deploy` with a new URI does) while clients
+    keep asking: every request answers 200, from one version or the other, and the new one takes over."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app, prefix, new_share = "ltray-switch", "/switch", 0.75
+    second = _second_run(serve_artifacts, tmp_path / "second", new_share)
+    # Small CPU shares: old and new replicas side by side stay within what the module's apps leave free.
+    args = {"serve.num_cpus": "0.05", "serve.max_replicas": "1"}
+    serve.run(build_app({"artifacts": serve_artifacts, **args}), name=app, route_prefix=prefix, blocking=False)
+    deadline = time.time() + 120
+    while server.get(f"{prefix}/readyz").status_code != 200:
+        assert time.time() < deadline, "the switch app did not get ready in 120 s"
+        time.sleep(0.5)
+    old_version = server.get(f"{prefix}/readyz").json()["version"]
+    assert old_version == recommender.version
+
+    users = _known_users(recommender, 12)
+    results: list[tuple[int, str | None, float | None]] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(seed: int):
+        with httpx.Client(base_url=server.base_url, timeout=120) as c:
+            i = seed
+            while not stop.is_set():
+                try:
+                    r = c.post(f"{prefix}/recommend", json={"user_id": users[i % len(users)], "k": 10})
+                    body = r.json() if r.status_code == 200 else {}
+                    row = (r.status_code, body.get("version"), body.get("tail_share"))
+                except httpx.HTTPError as e:
+                    row = (0, type(e).__name__, None)
+                with lock:
+                    results.append(row)
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(j,)) for j in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 20:
+            time.sleep(0.05)
+        serve.run(build_app({"artifacts": second, **args}), name=app, route_prefix=prefix, blocking=False)
+        switched_at = len(results)
+        while len(results) < switched_at + 30:  # keep the load on after the new version took over
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    try:
+        failed = [r for r in results if r[0] != 200]
+        assert not failed, f"{len(failed)} of {len(results)} requests failed during the switch: {failed[:5]}"
+        versions = [v for _, v, _ in results]
+        new_version = server.get(f"{prefix}/readyz").json()["version"]
+        assert new_version not in (None, old_version)
+        assert set(versions) == {old_version, new_version} and versions[0] == old_version
+        # The last answers come from the new run, with its tail share.
+        assert all(v == new_version and share == new_share for _, v, share in results[-10:])
+    finally:
+        serve.delete(app)
+
+
 # -- config and builder, without Serve ----------------------------------------------------------------------
 def test_serve_config_yaml_is_a_valid_deploy_config():
     from ray.serve.schema import ServeDeploySchema
