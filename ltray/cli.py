@@ -46,8 +46,11 @@ def _errors_as_lines(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, ArtifactError, FileNotFoundError, ValueError) as e:
-            if kwargs.get("debug"):
+        except (ConfigError, DataError, ArtifactError, FileNotFoundError, ValueError, RuntimeError) as e:
+            # TrainError is imported only on this path: ltray.rank.train pulls in torch and Ray Train.
+            from ltray.rank.train import TrainError
+
+            if kwargs.get("debug") or (isinstance(e, RuntimeError) and not isinstance(e, TrainError)):
                 raise
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             hint = getattr(e, "hint", None)

@@ -84,7 +84,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
                                              by="user_id" if cfg.rank.validation_per_user else None)
     builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
-    metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, out_dir, storage_path=storage)
+    texts = bundle.items["text"].tolist() if cfg.rank.text_tower != "frozen" else None  # catalog order
+    metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, out_dir, storage_path=storage, item_texts=texts)
     log(f"rank: validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
         f"({metrics['n_train']:,} samples)")
 
