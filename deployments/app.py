@@ -111,8 +111,8 @@ def _serve_config(serve_cfg: dict | ServeConfig) -> ServeConfig:
 class _BatchedRanking:
     """`@serve.batch`: concurrent requests' features go through the CTR model in one forward pass.
 
-    The ranking code runs in a worker thread (it is plain, blocking library code); when it reaches
-    the model, the features hop to the event loop, where the batcher joins them with other requests'.
+    Features and the blend run on the replica's event loop (a few ms of numpy, no thread hops); the
+    forward pass awaits the batcher, which joins the features of the requests waiting at that moment.
     """
 
     ranking: RankStage
@@ -120,15 +120,13 @@ class _BatchedRanking:
     def _init_batching(self, cfg: ServeConfig) -> None:
         self._forward_batched.set_max_batch_size(cfg.max_batch_size)
         self._forward_batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        self._loop = None
-        self.ranking.route_forward(self._forward_from_thread)
         self.batches = {"passes": 0, "requests": 0, "largest": 0}
         from ray.serve import metrics
 
         self.batch_size = metrics.Histogram("ltray_ranker_batch_size", description="requests per forward pass",
                                             boundaries=BATCH_BUCKETS)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from the config in _init_batching
     async def _forward_batched(self, feats: list[dict]) -> list:
         self.batches["passes"] += 1
         self.batches["requests"] += len(feats)
@@ -140,12 +138,10 @@ class _BatchedRanking:
         """Forward passes, requests scored and the largest batch since this replica started."""
         return dict(self.batches)
 
-    def _forward_from_thread(self, feats: dict):
-        return asyncio.run_coroutine_threadsafe(self._forward_batched(feats), self._loop).result()
-
     async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None) -> Ranked:
-        self._loop = asyncio.get_running_loop()
-        top = await asyncio.to_thread(self.ranking.rank, user_id, state, cands, k, tail_share)
+        feats = self.ranking.features(user_id, state, cands)
+        probs = None if feats is None else await self._forward_batched(feats)
+        top = self.ranking.finish(state, cands, probs, k, tail_share)
         share = self.ranking.default_tail_share if tail_share is None else tail_share
         return Ranked(top, share, self.ranking.version)
 
@@ -160,7 +156,8 @@ class CFRecall:
         limit_threads(cfg.threads)
         self.metrics = StageMetrics("CFRecall")
 
-    def recall(self, user_id: str, recent_items: list[str] | None, exclude_seen: bool) -> Recall:
+    async def recall(self, user_id: str, recent_items: list[str] | None, exclude_seen: bool) -> Recall:
+        # async: a ms of numpy runs on the replica's loop rather than hopping to Serve's thread pool
         with self.metrics.timed("recall"):
             out = self.stage.recall(user_id, recent_items, exclude_seen)
         self.metrics.tail_share(_part_segments(self.stage, out))
@@ -181,7 +178,8 @@ class TailRetrieval:
         limit_threads(cfg.threads)
         self.metrics = StageMetrics("TailRetrieval")
 
-    def candidates(self, recall: Recall) -> Candidates:
+    async def candidates(self, recall: Recall) -> Candidates:
+        # async: on the replica's loop, no hop to Serve's thread pool (FAISS search + merge take a few ms)
         with self.metrics.timed("candidates"):
             out = self.stage.candidates(recall)
         if out.consistent:
@@ -243,8 +241,8 @@ class Pipeline(_BatchedRanking):
     async def recommend(self, user_id: str, k: int, tail_share: float | None, exclude_seen: bool,
                         recent_items: list[str] | None) -> dict[str, Any]:
         with self.metrics.timed("recommend"):
-            recall = await asyncio.to_thread(self.recall_stage.recall, user_id, recent_items, exclude_seen)
-            cands = await asyncio.to_thread(self.retrieval.candidates, recall)
+            recall = self.recall_stage.recall(user_id, recent_items, exclude_seen)
+            cands = self.retrieval.candidates(recall)
             ranked = await self._rank(user_id, recall.state, cands.table, k, tail_share)
         self.metrics.tail_share(ranked.top["segment"])
         return recommendation(user_id, recall, cands, ranked.top, ranked.tail_share, ranked.version)

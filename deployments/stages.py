@@ -167,8 +167,8 @@ class RetrievalStage:
 class RankStage:
     """CTRRanker: the Recommender's own scoring (ALS z-score + ranker logit) -> tail-aware blend -> reasons.
 
-    `route_forward(fn)` sends the CTR model's forward pass through `fn` (Serve's batcher: several
-    requests, one pass); everything around it is the library's code, unchanged.
+    `rank` runs it in one go; Serve runs the same steps split around the CTR model's forward pass
+    (`features` -> `forward` over several requests -> `finish`), so it can batch that pass.
     """
 
     def __init__(self, art: Artifacts):
@@ -184,20 +184,15 @@ class RankStage:
     def default_tail_share(self) -> float:
         return float(self.rec.tail_share)
 
-    def route_forward(self, fn) -> None:
-        """Send the CTR model's forward pass through `fn(features) -> probabilities` (Serve's batcher)."""
-        if self._model is None:
-            return
-        from ltray.rank.ranker import Ranker
+    def features(self, user_id: str, state: UserState | None, cands: Columns) -> dict[str, np.ndarray] | None:
+        """The CTR model's inputs (None: the model has no say for this request)."""
+        return self.rec.ranker_features(user_id, state, cands)
 
-        class RoutedRanker(Ranker):
-            """The same Ranker (features built by the same code); only the forward pass goes to `fn`."""
-
-            def score_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-                return fn(feats)
-
-        m = self._model
-        self.rec.ranker = RoutedRanker(m.model, m.builder, m.debias_popularity, m.info)
+    def finish(self, state: UserState | None, cands: Columns, probs: np.ndarray | None, k: int,
+               tail_share: float | None = None) -> Columns:
+        """Scores from the model's probabilities, then the blended top k as columns."""
+        scored = self.rec.fill_scores(dict(cands), *self.rec.parts_from(state, cands, probs))
+        return self.rec.top_k_columns(state, scored, k, tail_share)
 
     def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """One forward pass over the concatenated features of several requests."""

@@ -193,7 +193,9 @@ class ServeConfig(_Section):
     max_recent_items: int = Field(500, ge=1, le=500, description="most session items in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_batch_size: int = Field(32, ge=1, description="CTRRanker: requests per forward pass")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="CTRRanker: wait to fill a batch")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="CTRRanker: wait to fill a batch; 0 = join the requests already waiting (they "
+        "gather while a forward pass runs), no added latency for a lone request")
     threads: int = Field(1, ge=1, description="torch / FAISS / BLAS threads per replica (more spin on 2 cores)")
     encoder_threads: int = Field(1, ge=1, description="torch threads of the /search text encoder")
     ready_timeout_s: float = Field(2.0, gt=0, description="/readyz: wait this long for each stage")

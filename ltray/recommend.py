@@ -105,13 +105,27 @@ class Recommender:
     def score_parts(self, user_id: str, state: UserState | None, cands: Cands
                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(standardised ALS score, ranker logit or None) for every candidate."""
+        feats = self.ranker_features(user_id, state, cands)
+        return self.parts_from(state, cands, None if feats is None else self.ranker.score_features(feats))
+
+    def ranker_features(self, user_id: str, state: UserState | None, cands: Cands) -> dict[str, np.ndarray] | None:
+        """The CTR model's inputs for these candidates; None when the ranker has no say (no ranker, a user we
+        know nothing of, no candidates). Serve runs the model's forward pass on them in batches."""
+        if self.ranker is None or state is None or not np.any(state.factor) or not len(cands["item_idx"]):
+            return None
+        return self._ranker_features(user_id, state, cands)
+
+    def parts_from(self, state: UserState | None, cands: Cands, probs: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(standardised ALS score, ranker logit or None) given the model's click probabilities (or None)."""
         if state is None or not np.any(state.factor):
             # A user we know nothing of: keep the generator's own order.
             return _source_order(cands), None
         cf_z = self.cf_z(state.factor, np.asarray(cands["item_idx"], np.int64))
         if self.ranker is None:
             return cf_z, None
-        p = np.clip(self._ranker_prob(user_id, state, cands).astype(np.float64), 1e-7, 1 - 1e-7)
+        probs = np.zeros(0, np.float32) if probs is None else probs  # no candidates
+        p = np.clip(np.asarray(probs).astype(np.float64), 1e-7, 1 - 1e-7)
         return cf_z, np.log(p / (1 - p)).astype(np.float32)
 
     def cf_z(self, factor: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
@@ -122,7 +136,7 @@ class Recommender:
         std = np.sqrt(max(float(u @ cov @ u), 0.0)) + 1e-12
         return ((raw - u @ mu) / std).astype(np.float32)
 
-    def _ranker_prob(self, user_id: str, state: UserState, cands: Cands) -> np.ndarray:
+    def _ranker_features(self, user_id: str, state: UserState, cands: Cands) -> dict[str, np.ndarray]:
         # Plain columns, one user id for every row: the FeatureBuilder's per-request form.
         table = {"user_id": str(user_id), "item_idx": np.asarray(cands["item_idx"], np.int64),
                  **{c: np.asarray(cands[c], np.float32) for c in SOURCE_FLAGS if c in cands}}
@@ -131,8 +145,7 @@ class Recommender:
                 self.models.user_recent[self.generator.user_row(user_id)]):
             override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts,
                                                     recent_factor(self.models.als.item_factors, state.recent))}
-        return self.ranker.score(self.ctx, table, users_override=override,
-                                 debias_popularity=self.cfg.rank.debias_popularity)
+        return self.ranker.builder.build(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
     def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
                         ) -> tuple[UserState | None, Columns]:
@@ -146,7 +159,10 @@ class Recommender:
 
     def score_candidates(self, user_id: str, state: UserState | None, cands: Cands) -> Cands:
         """Adds cf_z, ranker_logit and the final score to a candidate table (in place; Serve's ranker too)."""
-        cf_z, logit = self.score_parts(user_id, state, cands)
+        return self.fill_scores(cands, *self.score_parts(user_id, state, cands))
+
+    def fill_scores(self, cands: Cands, cf_z: np.ndarray, logit: np.ndarray | None) -> Cands:
+        """Sets cf_z, ranker_logit and the final score columns (in place)."""
         cands["cf_z"] = cf_z
         cands["ranker_logit"] = np.zeros(len(cf_z), np.float32) if logit is None else logit
         cands["score"] = combine(cf_z, logit, self.ranker_weight)
