@@ -60,7 +60,9 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _pri
     bundle = Bundle(ds.items.reset_index(drop=True), train, test, seg)
     if not store.is_current("data", fp):
         with store.writing("data", fingerprint=fp, dataset=ds.name) as w:
-            pq.write_table(pa.Table.from_pandas(bundle.items, preserve_index=False), w / "items.parquet")
+            # Row groups of embed.block_rows: the embedding stage streams them as its blocks.
+            pq.write_table(pa.Table.from_pandas(bundle.items, preserve_index=False), w / "items.parquet",
+                           row_group_size=cfg.embed.block_rows)
             pq.write_table(pa.Table.from_pandas(train, preserve_index=False), w / "train.parquet")
             if test is not None:
                 pq.write_table(pa.Table.from_pandas(test, preserve_index=False), w / "test.parquet")
@@ -82,7 +84,8 @@ def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _p
     from ltray.embed.stage import load_embeddings, run_embed
 
     t0 = time.perf_counter()
-    stats = run_embed(store, bundle.items[["item_id", "text"]], cfg)
+    # From the data stage's Parquet: the embedding streams it through Ray Data, off the driver.
+    stats = run_embed(store, store.stage_path("data") / "items.parquet", cfg)
     if stats.get("skipped"):
         log("embed: unchanged, skipped")
     else:
@@ -104,10 +107,18 @@ def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors:
         log("cf + index: unchanged, skipped")
         models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), bundle.item_ids, vectors)
     else:
-        models = CandidateModels.fit(bundle.train, bundle.item_ids, vectors, bundle.item_segment, cfg)
+        from ltray.cf.tune import tune_cf
+
+        cf_cfg, trials = tune_cf(bundle.train, bundle.item_ids, cfg)
+        chosen = {k: getattr(cf_cfg, k) for k in cfg.cf.tune_grid} if cfg.cf.tune else {}
+        if trials:
+            log(f"cf: {chosen} chosen on validation ({len(trials)} grid points)")
+        models = CandidateModels.fit(bundle.train, bundle.item_ids, vectors, bundle.item_segment,
+                                     cfg.model_copy(update={"cf": cf_cfg}))
         with store.writing("cf", fingerprint=fp) as wc, store.writing("index", fingerprint=fp) as wi:
             models.save(wc.path, wi.path)
-            wc.info.update(users=len(models.user_ids), factors=int(models.als.item_factors.shape[1]))
+            wc.info.update(users=len(models.user_ids), factors=int(models.als.item_factors.shape[1]),
+                           cf_params=chosen, tune_trials=trials)
             wi.info.update(tail_items=models.tail_index.ntotal, full_items=models.full_index.ntotal)
         log(f"cf + index: ALS on {len(models.user_ids):,} users; tail index {models.tail_index.ntotal:,} items")
     bundle.timings["cf+index"] = time.perf_counter() - t0
@@ -122,9 +133,11 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     `fit`; half of the users' `valid` interactions label the ranker's training data, the
     other half chooses the tail share, so the choice is never made on data the ranker saw.
     """
+    from ltray.cf.tune import with_cf
     from ltray.rank.ranker import Ranker
 
     t0 = time.perf_counter()
+    cfg = with_cf(cfg, (store.stage_info("cf") or {}).get("cf_params"))  # ALS values chosen on validation
     fp = fingerprint_of({"data": store.stage_info("data")["fingerprint"],
                          "embed": store.stage_info("embed")["fingerprint"],
                          "cfg": cfg.fingerprint("cf", "index", "rank", "blend", "eval")})
