@@ -203,6 +203,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--topologies", default="chain,colocated")
     p.add_argument("--quick", action="store_true", help="small synthetic run, fewer requests")
+    p.add_argument("--serve", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a ServeConfig override for our app and the floor alike (e.g. max_replicas=1); repeatable")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--bodies", help=argparse.SUPPRESS)
@@ -236,11 +238,13 @@ def main() -> None:
     if not ray.is_initialized():  # the fit above may have started it
         ray.init(include_dashboard=False, log_to_driver=False)
     port = _free_port("127.0.0.1")
-    cfg = ServeConfig(port=port)
+    cfg = ServeConfig.model_validate({**dict(o.split("=", 1) for o in args.serve), "port": port})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     print(f"artifacts {artifacts}; {len(users):,} users; {n_req} requests per level; "
-          f"{os.cpu_count()} CPUs; Ray {ray.__version__}", flush=True)
+          f"{os.cpu_count()} CPUs; Ray {ray.__version__}; replicas {cfg.min_replicas}..{cfg.max_replicas} at "
+          f"{cfg.num_cpus} CPU, max_ongoing_requests {cfg.max_ongoing_requests}, batch wait "
+          f"{cfg.batch_wait_timeout_s * 1e3:g} ms", flush=True)
     results = {"floor": measure("floor", build_floor_app(cfg), url, bodies_file, levels, warmup, "/docs")}
     if any(r["errors"] for r in results["floor"].values()):
         raise SystemExit("the floor app answered with errors; its figures would mean nothing")
