@@ -145,7 +145,7 @@ class Recommender:
                 self.models.user_recent[self.generator.user_row(user_id)]):
             override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts,
                                                     recent_factor(self.models.als.item_factors, state.recent))}
-        return self.ranker.builder.build(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
+        return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
     def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
                         ) -> tuple[UserState | None, Columns]:

@@ -248,3 +248,11 @@ def test_cli_export_encoder_needs_a_tower(tmp_path):
     assert result.exit_code == 2
     assert "rank.text_tower=lora" in result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "enc").exists()
+
+
+def test_ranker_loads_a_tower_checkpoint_and_scores_with_its_item_outputs(lora_run):
+    from ltray.rank.ranker import Ranker
+
+    ranker = Ranker.load(lora_run["out"])
+    probs = ranker.score(lora_run["ctx"], lora_run["val"])
+    assert roc_auc_score(lora_run["val"]["label"], probs) == pytest.approx(lora_run["metrics"]["val_auc"], abs=1e-5)

@@ -36,7 +36,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from ltray.config import RankConfig
 from ltray.rank.features import FeatureBuilder, FeatureContext, arrow_to_features, features_to_arrow
 from ltray.rank.model import WEIGHTS_FILE, CTRModel, bce_loss, load_model, save_model
-from ltray.rank.ranker import RANK_CONFIG_FILE
+from ltray.rank.ranker import RANK_CONFIG_FILE, TOWER_ITEMS_FILE
 from ltray.rank.text_tower import ItemTokens, load_tokenizer
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -47,7 +47,6 @@ ROWS_PER_FILE = 65_536  # several Parquet files, so the dataset splits into bloc
 VAL_BATCH_ROWS = 65_536
 TOWER_EVAL_ITEMS = 256  # distinct items per encoder pass when scoring validation (bounds activation memory)
 TEXT_ENCODER_DIR = "text_encoder"
-TOWER_ITEMS_FILE = "text_tower_items.npy"  # the tower's output per catalog item: scoring needs no tokens
 
 
 class TrainError(RuntimeError):
