@@ -73,13 +73,30 @@ class CFConfig(_Section):
     regularization: float = Field(0.05, ge=0)
     iterations: int = Field(15, ge=1)
     alpha: float = Field(2.0, ge=0, description="confidence C = 1 + alpha * w (w after weighting)")
-    weighting: Literal["alpha", "bm25"] = Field("alpha", description="bm25: w = BM25(w) before the confidence")
+    weighting: Literal["alpha", "bm25", "binary"] = Field(
+        "alpha", description="w as given (alpha), BM25(w) (bm25) or 1 (binary), before the confidence")
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
     use_cg: bool = Field(True, description="conjugate-gradient solver in training (fold-in is always exact)")
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     use_gpu: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
+    tune: bool = Field(True, description="choose the tune_grid point with the best validation Recall@20 "
+                       "(a time split carved from train, as for the baselines); False = the values above")
+    tune_grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"factors": [32, 64, 128], "regularization": [0.05, 0.5],
+                                 "weighting": ["binary", "alpha"]},
+        description="cf fields and the values tried when tune is on")
+
+    @field_validator("tune_grid")
+    @classmethod
+    def _grid_names_cf_fields(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        unknown = sorted(set(v) - (set(cls.model_fields) - {"tune", "tune_grid"}))
+        if unknown:
+            raise ValueError(f"cf.tune_grid names {unknown}, which are not cf fields")
+        if any(not isinstance(vals, list) or not vals for vals in v.values()):
+            raise ValueError("cf.tune_grid values must be non-empty lists")
+        return v
 
 
 class IndexConfig(_Section):

@@ -80,7 +80,9 @@ class ALSRecall:
         """Raw-weight CSR (users x items) -> confidence CSR, with stored BM25 statistics."""
         w = m.tocoo()
         data = w.data.astype(np.float64)
-        if self.cfg.weighting == "bm25":
+        if self.cfg.weighting == "binary":
+            data = np.ones_like(data)  # every interaction counts the same, whatever its weight
+        elif self.cfg.weighting == "bm25":
             k1, b = self.cfg.bm25_k1, self.cfg.bm25_b
             row_len = np.ravel(m.sum(axis=1))[w.row]
             norm = (1.0 - b) + b * row_len / self._bm25_avg_len
