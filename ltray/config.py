@@ -81,8 +81,8 @@ class CFConfig(_Section):
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     use_gpu: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
-    tune: bool = Field(True, description="choose the tune_grid point with the best validation Recall@20 "
-                       "(a time split carved from train, as for the baselines); False = the values above")
+    tune: bool = Field(False, description="choose the tune_grid point with the best validation Recall@20 (a "
+                       "time split carved from train, as for the baselines); off by default: see README, Results")
     tune_grid: dict[str, list[Any]] = Field(
         default_factory=lambda: {"factors": [32, 64, 128], "regularization": [0.05, 0.5],
                                  "weighting": ["binary", "alpha"]},
