@@ -16,7 +16,8 @@ def _with_cf(cfg: Config, **cf) -> Config:
 
 
 def test_tune_picks_the_grid_point_with_the_best_validation_recall(small_config, small_synthetic):
-    cfg = _with_cf(small_config, iterations=4, tune_grid={"factors": [4, 32], "weighting": ["binary", "alpha"]})
+    cfg = _with_cf(small_config, iterations=4, tune=True,
+                   tune_grid={"factors": [4, 32], "weighting": ["binary", "alpha"]})
     chosen, trials = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
     assert len(trials) == 4
     best = max(trials, key=lambda t: t["Recall@20"])
