@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 MB = 2**20
-STAGES = ("data", "embed", "cf+index", "index only", "rank")
+STAGES = ("data", "embed", "load vectors", "cf+index", "index only", "rank")
 
 
 class PeakMemory:
@@ -47,6 +47,7 @@ class PeakMemory:
         self.me = psutil.Process()
         self._stop = threading.Event()
         self.driver = self.workers = 0
+        self.driver_start = self.me.memory_info().rss
 
     def _sample(self) -> None:
         self.driver = max(self.driver, self.me.memory_info().rss)
@@ -128,7 +129,8 @@ def run_size(n: int, args, root: Path) -> dict:
             out = fn()
             sec = time.perf_counter() - t0
         rows[stage] = {"seconds": sec, "driver_mb": mem.driver / MB, "workers_mb": mem.workers / MB,
-                       "extrapolated": extrapolated}
+                       # what the stage itself added to the driver, above what it held at the start
+                       "driver_delta_mb": (mem.driver - mem.driver_start) / MB, "extrapolated": extrapolated}
         return out
 
     bundle = measure("data", lambda: p.stage_data(store, cfg, False, quiet))
@@ -148,7 +150,12 @@ def run_size(n: int, args, root: Path) -> dict:
         commit_stand_in_embed(store, bundle, vectors, cfg,
                               f"{args.embed_sample} items embedded, the rest stand-ins (benchmark)")
     else:
-        vectors = measure("embed", lambda: p.stage_embed(store, cfg, bundle, quiet))
+        from ltray.embed.stage import load_embeddings, run_embed
+
+        # the stage alone (streams from the data stage's Parquet), then the driver-side load the later
+        # stages need, measured apart so that the stage's own driver memory shows
+        measure("embed", lambda: run_embed(store, store.stage_path("data") / "items.parquet", cfg))
+        vectors = measure("load vectors", lambda: load_embeddings(store.stage_path("embed"), bundle.item_ids))
     models = measure("cf+index", lambda: p.stage_candidates(store, cfg, bundle, vectors, quiet))
     tail, full = measure("index only", lambda: build_tail_and_full(vectors, bundle.item_segment != 0, cfg.index))
     rows["index only"]["factory"] = {"tail": tail.factory, "full": full.factory}
@@ -166,8 +173,8 @@ def fit_slope(ns: list[int], secs: list[float]) -> tuple[float, float]:
 
 def report(results: list[dict]) -> dict[str, dict]:
     base = results[0]
-    print(f"\n{'n':>9} {'stage':<11} {'seconds':>9} {'us/item':>9} {'x per item':>10} {'driver MB':>10} "
-          f"{'workers MB':>10}  note")
+    print(f"\n{'n':>9} {'stage':<12} {'seconds':>9} {'us/item':>9} {'x per item':>10} {'driver MB':>10} "
+          f"{'drv +MB':>8} {'workers MB':>10}  note")
     for r in results:
         for stage in STAGES:
             row = r["stages"].get(stage)
@@ -182,8 +189,8 @@ def report(results: list[dict]) -> dict[str, dict]:
                         f"({row['sample_seconds'] / row['sample'] * 1e3:.2f} ms/item incl. pool start)")
             if "factory" in row:
                 note = f"tail {row['factory']['tail']}, full {row['factory']['full']}"
-            print(f"{r['n']:>9,} {stage:<11} {row['seconds']:>9.2f} {per * 1e6:>9.1f} {ratio:>10.2f} "
-                  f"{row['driver_mb']:>10.0f} {row['workers_mb']:>10.0f}  {note}")
+            print(f"{r['n']:>9,} {stage:<12} {row['seconds']:>9.2f} {per * 1e6:>9.1f} {ratio:>10.2f} "
+                  f"{row['driver_mb']:>10.0f} {row['driver_delta_mb']:>8.0f} {row['workers_mb']:>10.0f}  {note}")
     fits = {}
     if len(results) >= 2:
         print("\nGrowth, time = a * n^b (b = 1 is linear):")
@@ -199,6 +206,9 @@ def report(results: list[dict]) -> dict[str, dict]:
         fits["driver peak MB"] = {"slope": b}
         print(f"  driver peak RSS: {', '.join(f'{m:.0f} MB' for m in drv)} (log-log slope {b:.2f}; "
               "0 would mean flat)")
+        emb = [(r["n"], r["stages"]["embed"]) for r in results if "embed" in r["stages"]]
+        print("  embed stage, driver RSS added: " + ", ".join(
+            f"{row['driver_delta_mb']:.0f} MB at {row.get('sample', n):,} items embedded" for n, row in emb))
     return fits
 
 
@@ -247,7 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cf-iterations", type=int, default=10)
     ap.add_argument("--rank-epochs", type=int, default=1)
     ap.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("bench-out/scale"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                    help="where scale.png (small, committed) and scale.json go")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     sizes = [2_000, 10_000] if args.quick else sorted(args.sizes)
