@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.hnsw:
         facs.append(("hnsw", f"HNSW{cfg.hnsw_m}", [128, 256]))
     if not args.no_pq:
-        facs.append(("pq", f"IVF{ivf_nlist(n, cfg)},PQ{pq_m(x.shape[1], cfg)}", [16, 32, 64]))
+        refine = f",Refine({cfg.pq_refine})" if cfg.pq_refine else ""  # re-rank: 0.82 -> 0.95+ at 100k
+        facs.append(("pq", f"IVF{ivf_nlist(n, cfg)},PQ{pq_m(x.shape[1], cfg)}{refine}", [16, 32, 64]))
     report["synthetic"] = run_catalog(f"synthetic clustered catalog (chosen: {chosen})", x, q, facs, cfg,
                                       single_budget)
     verdict(report["synthetic"], approx)

@@ -111,6 +111,9 @@ class IndexConfig(_Section):
     ivf_min_points_per_cell: int = Field(39, ge=1, description="caps nlist so k-means has enough points")
     ivf_train_iters: int = Field(10, ge=1, description="k-means iterations when training IVF cells")
     pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (8 bits each); None = dim/4")
+    pq_refine: str | None = Field("SQ8", description="IVF-PQ re-ranks its candidates on these codes "
+                                  "(FAISS Refine(...); SQ8 = 1 byte per dim); None = PQ alone (recall@100 0.82 at 100k)")
+    pq_refine_k_factor: float = Field(4.0, ge=1, description="Refine: candidates re-ranked per result wanted")
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(40, ge=8)
     hnsw_ef_search: int = Field(128, ge=1)

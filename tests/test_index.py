@@ -49,7 +49,8 @@ def test_choose_factory_by_size():
     assert choose_factory(cfg.flat_max_items, 384, cfg) == "Flat"
     assert choose_factory(1_000_000, 384, cfg) == "IVF4096,Flat"
     assert choose_factory(1_000_000, 384, cfg.model_copy(update={"large_kind": "hnsw"})) == "HNSW32"
-    assert choose_factory(10_000_000, 384, cfg) == "IVF4096,PQ96"
+    assert choose_factory(10_000_000, 384, cfg) == "IVF4096,PQ96,Refine(SQ8)"
+    assert choose_factory(10_000_000, 384, cfg.model_copy(update={"pq_refine": None})) == "IVF4096,PQ96"
     assert choose_factory(10, 384, cfg.model_copy(update={"factory": "IVF2,SQ8"})) == "IVF2,SQ8"
     # nlist never outgrows the k-means training sample
     assert ivf_nlist(150_000, cfg.model_copy(update={"train_sample": 10_000})) * 39 <= 10_000
@@ -215,3 +216,27 @@ def test_tail_index_holds_exactly_tail_and_cold(dataset, small_synthetic, moviel
     np.testing.assert_array_equal(tail2.ids(), want)
     with pytest.raises(ValueError, match="segment labels"):
         build_tail_and_full(x[:-1], seg, cfg)
+
+
+def test_ivf_pq_with_refine_recall_remove_and_reload(tmp_path):
+    """IVF-PQ + Refine(SQ8), the large-catalog default: re-ranking lifts recall over PQ alone."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 64)).astype(np.float32)
+    x = centres[rng.integers(20, size=4000)] + 0.4 * rng.standard_normal((4000, 64)).astype(np.float32)
+    q = x[:50] + 0.05 * rng.standard_normal((50, 64)).astype(np.float32)
+    ids = np.arange(len(x), dtype=np.int64)
+    _, gt = VectorIndex(64, "Flat").build(ids, x).search(q, 20)
+
+    def recall(index):
+        _, got = index.search(q, 20)
+        return np.mean([len(np.intersect1d(a, b)) / 20 for a, b in zip(got, gt, strict=True)])
+
+    pq = VectorIndex(64, "IVF16,PQ8", nprobe=16).build(ids, x)
+    refined = VectorIndex(64, "IVF16,PQ8,Refine(SQ8)", nprobe=16, refine_k_factor=4).build(ids, x)
+    assert refined.kind == "refine" and recall(refined) > 2 * recall(pq) and recall(refined) >= 0.7
+    assert refined.remove([0, 1, 2]) == 3 and refined.ntotal == 3997
+    assert not np.isin([0, 1, 2], refined.search(q, 20)[1]).any()
+    loaded = VectorIndex.load(refined.save(tmp_path / "r.faiss"), IndexConfig(ivf_nprobe=16))
+    np.testing.assert_array_equal(loaded.search(q, 20)[1], refined.search(q, 20)[1])
+    assert loaded.factory.endswith("Refine(SQ8)")
+    assert choose_factory(10**7, 384, IndexConfig()).endswith(",Refine(SQ8)")

@@ -59,7 +59,8 @@ def choose_factory(n: int, dim: int, cfg: IndexConfig) -> str:
     if n <= cfg.flat_max_items:
         return "Flat"
     if n > cfg.pq_over_items:
-        return f"IVF{ivf_nlist(n, cfg)},PQ{pq_m(dim, cfg)}"
+        refine = f",Refine({cfg.pq_refine})" if cfg.pq_refine else ""
+        return f"IVF{ivf_nlist(n, cfg)},PQ{pq_m(dim, cfg)}{refine}"
     if cfg.large_kind == "hnsw":
         return f"HNSW{cfg.hnsw_m}"
     return f"IVF{ivf_nlist(n, cfg)},Flat"
@@ -106,11 +107,12 @@ class VectorIndex:
 
     def __init__(self, dim: int, factory: str = "Flat", *, nprobe: int | None = None, probe_share: float = 1 / 64,
                  min_nprobe: int = 16, ef_search: int = 128, ef_construction: int = 40, train_sample: int = 200_000,
-                 train_iters: int = 10, seed: int = 0):
+                 train_iters: int = 10, seed: int = 0, refine_k_factor: float = 4.0):
         self.dim, self.factory = int(dim), factory
         self.probe_share, self.min_nprobe, self.train_iters = float(probe_share), int(min_nprobe), int(train_iters)
         self.nprobe, self.ef_search, self.ef_construction = nprobe, ef_search, ef_construction
         self.train_sample, self.seed = train_sample, seed
+        self.refine_k_factor = float(refine_k_factor)
         self.on_gpu = False
         self.index = self._new_index()
         self._ids = np.zeros(0, np.int64)  # sorted, for membership checks
@@ -121,7 +123,7 @@ class VectorIndex:
         return cls(dim, choose_factory(n, dim, cfg), nprobe=cfg.ivf_nprobe, probe_share=cfg.ivf_probe_share,
                    min_nprobe=cfg.ivf_min_nprobe, ef_search=cfg.hnsw_ef_search,
                    ef_construction=cfg.hnsw_ef_construction, train_sample=cfg.train_sample,
-                   train_iters=cfg.ivf_train_iters)
+                   train_iters=cfg.ivf_train_iters, refine_k_factor=cfg.pq_refine_k_factor)
 
     # ---------------------------------------------------------------- internals
     def _new_index(self):
@@ -129,11 +131,15 @@ class VectorIndex:
         inner = _unwrap(base)
         if isinstance(inner, faiss.IndexHNSW):
             inner.hnsw.efConstruction = self.ef_construction
+        if isinstance(faiss.downcast_index(base), faiss.IndexRefine):
+            faiss.downcast_index(base).k_factor = float(self.refine_k_factor)
         ivf = faiss.try_extract_index_ivf(base)
-        if ivf is not None:
+        if ivf is not None and not isinstance(faiss.downcast_index(base), faiss.IndexRefine):
             ivf.cp.niter = self.train_iters
             index = base  # native ids (see the module docstring for why not IndexIDMap2)
-        else:
+        else:  # IndexRefine has no add_with_ids: ids live in the map; removal rebuilds (see remove)
+            if ivf is not None:
+                ivf.cp.niter = self.train_iters
             index = faiss.IndexIDMap2(base)
         self._apply_search_params(index)
         return index
@@ -147,6 +153,8 @@ class VectorIndex:
             return "ivf"
         if isinstance(inner, faiss.IndexHNSW):
             return "hnsw"
+        if isinstance(inner, faiss.IndexRefine):
+            return "refine"
         return "flat"
 
     def _apply_search_params(self, index=None) -> None:
@@ -234,7 +242,7 @@ class VectorIndex:
             return 0
         if self.on_gpu:  # GPU indexes do not support removal: come back to the CPU for it
             self.index, self.on_gpu = self._cpu(), False
-        if self.kind == "hnsw":
+        if self.kind in ("hnsw", "refine"):
             keep = self._ids[~np.isin(self._ids, ids)]
             vecs = self.index.reconstruct_batch(keep) if len(keep) else np.zeros((0, self.dim), np.float32)
             self.build(keep, vecs)
@@ -324,6 +332,7 @@ class VectorIndex:
         obj.ef_search = int(ef_search if ef_search is not None else cfg.hnsw_ef_search)
         obj.ef_construction, obj.train_sample, obj.seed = cfg.hnsw_ef_construction, cfg.train_sample, 0
         obj.train_iters = cfg.ivf_train_iters
+        obj.refine_k_factor = cfg.pq_refine_k_factor
         obj.factory = _describe(index)
         obj._apply_search_params()
         obj._ids = np.sort(_stored_ids(index))
@@ -335,6 +344,10 @@ def _describe(index) -> str:
     if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):
         return type(faiss.downcast_index(index)).__name__  # e.g. OPQ: not rebuilt from a string
     inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexRefine):
+        ref = faiss.downcast_index(inner.refine_index)
+        ref_s = "SQ8" if isinstance(ref, faiss.IndexScalarQuantizer) else "Flat"
+        return f"{_describe(inner.base_index)},Refine({ref_s})"
     if isinstance(inner, faiss.IndexHNSWFlat):
         return f"HNSW{inner.hnsw.nb_neighbors(1)}"
     if isinstance(inner, faiss.IndexIVFFlat):
