@@ -187,3 +187,19 @@ def test_run_embed_with_artifact_store(ray_cluster, items, tmp_path):
     assert store.stage_info("embed")["encoded"] == 1
     vecs = load_embeddings(store.stage_path("embed"), edited["item_id"].tolist())
     assert vecs.shape == (40, 384)
+
+
+def test_parquet_input_streams_with_the_same_fingerprint(ray_cluster, items, tmp_path):
+    """A Parquet catalog (what the pipeline passes) and the same DataFrame are one input to the stage."""
+    small = items.iloc[:30].reset_index(drop=True)
+    path = tmp_path / "items.parquet"
+    pq.write_table(pa.Table.from_pandas(small, preserve_index=False), path, row_group_size=7)
+    store = ArtifactStore(tmp_path / "art")
+    cfg = Config(embed=_cfg())
+    first = run_embed(store, path, cfg)
+    assert first["skipped"] is False and (first["count"], first["encoded"]) == (30, 30)
+    assert run_embed(store, small, cfg) == {"skipped": True, "fingerprint": first["fingerprint"]}
+    duplicated = pd.concat([small, small.iloc[:1]], ignore_index=True)
+    pq.write_table(pa.Table.from_pandas(duplicated, preserve_index=False), tmp_path / "dup.parquet")
+    with pytest.raises(EmbedError, match="duplicate item_id"):
+        run_embed(store, tmp_path / "dup.parquet", cfg)
