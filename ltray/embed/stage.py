@@ -528,25 +528,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
-def carry_over(prepared: pd.DataFrame, previous_dir: Path | None, sig: dict[str, Any]
-               ) -> tuple[pa.Table | None, np.ndarray]:
-    """Rows of the previous artifact still valid for ``prepared``, and a mask of items to encode.
-
-    The in-memory form of what the stage does streaming (same keys): for small catalogs and checks.
-    """
-    need = np.ones(len(prepared), dtype=bool)
-    old_keys = previous_keys(previous_dir, sig)
-    if old_keys is None:
-        return None, need
-    keys = item_keys(prepared["item_id"].tolist(), prepared["text_hash"].tolist())
-    need = ~_in_sorted(keys, old_keys)
-    old = _read_dir(previous_dir)
-    old_rows = item_keys(old.column("item_id").to_pylist(), old.column("text_hash").to_pylist())
-    same = np.asarray(pc.equal(old.column("model_id"), sig["model_id"]).to_numpy(zero_copy_only=False), bool)
-    rows = np.flatnonzero(_in_sorted(old_rows, np.sort(keys[~need])) & same)
-    return old.take(pa.array(rows)).select(["item_id", "embedding", "text_hash"]), need
-
-
 def write_shards(table: pa.Table, out_dir: Path, shard_rows: int) -> list[str]:
     """Write an in-memory table as shards (benchmarks' stand-in vectors; the stage writes from workers)."""
     out_dir.mkdir(parents=True, exist_ok=True)
