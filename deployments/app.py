@@ -25,6 +25,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
+import ltray
 from deployments.schemas import (
     ErrorBody,
     Health,
@@ -263,7 +264,7 @@ class Pipeline(_BatchedRanking):
 # -- ingress ----------------------------------------------------------------------------------------
 api = FastAPI(
     title="ltray",
-    version="0.1.0",
+    version=ltray.__version__,
     description="Long-tail recommendations: CF recall -> FAISS tail retrieval -> CTR ranking.",
 )
 _BODY_LIMIT = {"bytes": ServeConfig().max_body_bytes}  # set per replica from the config
