@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from rank_helpers import build_case
 
 from ltray.config import RankConfig
 from ltray.rank.sampling import sample_training_table, time_validation_split
-from tests.rank_helpers import build_case
 
 CFG = RankConfig(negatives_per_positive=3)
 
