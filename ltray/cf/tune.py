@@ -7,7 +7,6 @@ wins (the first on ties). Test is never looked at.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -17,14 +16,10 @@ from ltray.cf.als import ALSRecall
 from ltray.config import CFConfig, Config
 from ltray.data import temporal_holdout
 from ltray.data.segments import segment_code_array
+from ltray.eval.baselines import grid_points
 from ltray.eval.metrics import evaluate
 
 TUNE_K = 20
-
-
-def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 
 def tune_cf(train: pd.DataFrame, item_ids: np.ndarray, cfg: Config) -> tuple[CFConfig, list[dict[str, Any]]]:
@@ -72,4 +67,4 @@ def with_cf(cfg: Config, cf_params: dict[str, Any] | None) -> Config:
     return cfg.model_copy(update={"cf": _cf(cfg, cf_params)})
 
 
-__all__ = ["grid_points", "tune_cf", "with_cf"]
+__all__ = ["tune_cf", "with_cf"]

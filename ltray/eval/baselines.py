@@ -455,6 +455,12 @@ class TuneResult:
         return iter((self.best_params, self.best_score))
 
 
+def grid_points(grid: Mapping[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a {field: values} grid, in itertools.product order."""
+    keys = list(grid)
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
 def tune(
     baseline_factory: Callable[..., Baseline],
     grid: Mapping[str, list],
@@ -479,8 +485,7 @@ def tune(
             f"metric must be a metric name such as 'Recall@20', got {type(metric).__name__}; "
             "pass the users to score as users=..."
         )
-    keys = list(grid)
-    points = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k_] for k_ in keys))]
+    points = grid_points(grid)
     pop = np.asarray(train.getnnz(axis=0), dtype=np.float64)
     seg = segments_from_counts(pop, head_share) if item_segment is None else item_segment
     if k is None:
