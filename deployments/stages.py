@@ -151,7 +151,7 @@ class RetrievalStage:
         b = self.cfg.blend
         parts = list(recall.parts)
         if recall.state is not None:
-            parts += self.generator.recall_parts(recall.state, 0, b.n_tail, b.n_bridge)
+            parts += self.generator.recall_parts(recall.state, 0, b.n_tail, b.n_bridge, b.n_cold)
         table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
         return Candidates(table, fallback=not parts, version=self.version)
 

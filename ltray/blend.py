@@ -13,24 +13,28 @@ import pandas as pd
 from ltray.data.segments import COLD, HEAD, SEGMENT_CODES
 
 
-def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0
-          ) -> pd.DataFrame:
+def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0,
+          cold_score: str | None = None) -> pd.DataFrame:
     """Top-k by score with at least round(tail_share * k) tail/cold items and, on top of them, at
     least round(cold_share * k) cold (never interacted) items: quotas filled by the best-scored
-    items of each kind; best first. The rows of `cands` (with the boost, their raised scores)."""
+    items of each kind (cold ones by the column `cold_score` when given); best first. The rows of
+    `cands` (with the boost, their raised scores)."""
     if len(cands) == 0:
         return cands
     pos, scores = blend_positions(cands["score"].to_numpy(), cands["segment"].to_numpy(), k, tail_share, method,
-                                  cold_share)
+                                  cold_share, None if cold_score is None else cands[cold_score].to_numpy())
     picked = cands.iloc[pos]
     return picked if scores is None else picked.assign(score=scores)
 
 
 def blend_positions(score: np.ndarray, segment: np.ndarray, k: int, tail_share: float, method: str = "quota",
-                    cold_share: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+                    cold_share: float = 0.0, cold_score: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """`blend` on plain arrays: (row positions of the top k, best first; their boosted scores or None).
 
     `segment` holds names ("head"/"tail"/"cold") or int codes. Ties in score keep row order.
+    `cold_score` (NaN = none) picks the cold quota's items instead of `score`: the final score knows
+    little of items nobody has touched. The list is still ordered by `score`.
     """
     score = np.asarray(score)
     seg = np.asarray(segment)
@@ -45,7 +49,13 @@ def blend_positions(score: np.ndarray, segment: np.ndarray, k: int, tail_share: 
             return ranked[:k], None
         return _boost(score[ranked], ranked, is_tail, k, q)
     # Positions in rank order: the cold quota, then the tail quota, then the best of the rest.
-    cold_pick = np.flatnonzero(is_cold[ranked])[:qc]
+    if cold_score is None:
+        cold_pick = np.flatnonzero(is_cold[ranked])[:qc]
+    else:  # the best cold items by their own score, as positions in `ranked`
+        cold_rows = np.flatnonzero(is_cold)
+        where = np.empty(len(ranked), np.int64)
+        where[ranked] = np.arange(len(ranked))
+        cold_pick = where[cold_rows[_order(np.asarray(cold_score)[cold_rows])[:qc]]]
     taken = np.zeros(len(ranked), bool)
     taken[cold_pick] = True
     tail_pick = np.flatnonzero(is_tail & ~taken)[: min(q, k - len(cold_pick))]

@@ -18,7 +18,7 @@ from ltray.cf.als import ALSRecall
 from ltray.config import Config
 from ltray.data.segments import COLD, HEAD, SEGMENT_CODES, TAIL
 from ltray.index.bridge import TextToCFBridge
-from ltray.index.faiss_index import VectorIndex, build_tail_and_full
+from ltray.index.faiss_index import VectorIndex, build_subset, build_tail_and_full
 from ltray.index.profiles import recent_items_of, user_profiles
 
 SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
@@ -59,6 +59,7 @@ class CandidateModels:
     user_last_ts: np.ndarray
     now_ts: int
     vector_mean: np.ndarray | None = None  # catalog mean removed from text vectors (see center_vectors)
+    cold_index: VectorIndex | None = None  # cold items alone (None: no cold items, or FAISS left out)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -81,6 +82,7 @@ class CandidateModels:
         head = item_segment == SEGMENT_CODES[HEAD]
         bridge = TextToCFBridge(cfg.index.bridge_l2).fit(item_vectors[head], als.item_factors[head])
         tail_index, full_index = build_tail_and_full(item_vectors, item_segment != SEGMENT_CODES[HEAD], cfg.index)
+        cold_index = cold_index_of(item_vectors, item_segment, cfg)
         profiles = user_profiles(user_rows, item_rows, ts, item_vectors, cfg.index.profile_half_life_days,
                                  cfg.index.profile_recent_items, n_users=len(users))
         recent = recent_items_of(user_rows, item_rows, ts, cfg.index.profile_recent_items, n_users=len(users))
@@ -92,7 +94,8 @@ class CandidateModels:
                    item_segment=item_segment.astype(np.int8), item_pop=pop, als=als, bridge=bridge,
                    item_bridge=bridge.predict(item_vectors).astype(np.float32), tail_index=tail_index,
                    full_index=full_index, user_profiles=profiles, user_recent=recent, user_n=user_n,
-                   user_last_ts=last, now_ts=int(ts.max()) if len(ts) else 0, vector_mean=mean)
+                   user_last_ts=last, now_ts=int(ts.max()) if len(ts) else 0, vector_mean=mean,
+                   cold_index=cold_index)
 
     # -- persistence: cf/ holds ALS; index/ holds the rest ----------------------
     def save(self, cf_dir: Path, index_dir: Path) -> None:
@@ -100,6 +103,8 @@ class CandidateModels:
         index_dir.mkdir(parents=True, exist_ok=True)
         self.tail_index.save(index_dir / "tail.faiss")
         self.full_index.save(index_dir / "full.faiss")
+        if self.cold_index is not None:
+            self.cold_index.save(index_dir / "cold.faiss")
         self.bridge.save(index_dir / "bridge.npz")
         lens = np.array([len(r) for r in self.user_recent], np.int64)
         flat = np.concatenate(self.user_recent) if lens.sum() else np.zeros(0, np.int64)
@@ -124,6 +129,11 @@ class CandidateModels:
         item_vectors, _ = center_vectors(item_vectors, mean)
         meta = json.loads((index_dir / "index.json").read_text())
         recent = np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
+        cold_index = None
+        if faiss_indexes:  # runs from before the cold index build it from the vectors
+            cold_path = index_dir / "cold.faiss"
+            cold_index = VectorIndex.load(cold_path) if cold_path.exists() else cold_index_of(
+                item_vectors, seg, Config())
         return cls(item_ids=np.asarray(item_ids).astype(str), item_vectors=item_vectors, item_segment=seg,
                    item_pop=pop, als=als, bridge=TextToCFBridge.load(index_dir / "bridge.npz"),
                    item_bridge=item_bridge,
@@ -131,7 +141,7 @@ class CandidateModels:
                    full_index=VectorIndex.load(index_dir / "full.faiss") if faiss_indexes else None,
                    user_profiles=profiles,
                    user_recent=recent, user_n=user_n, user_last_ts=last, now_ts=int(meta["now_ts"]),
-                   vector_mean=mean)
+                   vector_mean=mean, cold_index=cold_index)
 
 
 class CandidateGenerator:
@@ -176,29 +186,33 @@ class CandidateGenerator:
 
     # -- candidates ---------------------------------------------------------------
     def candidates(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
-                   n_bridge: int | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.candidate_columns(state, n_cf, n_tail, n_bridge))
+                   n_bridge: int | None = None, n_cold: int | None = None) -> pd.DataFrame:
+        return pd.DataFrame(self.candidate_columns(state, n_cf, n_tail, n_bridge, n_cold))
 
     def candidate_columns(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
-                          n_bridge: int | None = None) -> Columns:
+                          n_bridge: int | None = None, n_cold: int | None = None) -> Columns:
         """`candidates` as plain column arrays (the per-request form: no DataFrame)."""
         b = self.cfg.blend
         n_cf = b.n_cf if n_cf is None else n_cf
         n_tail = b.n_tail if n_tail is None else n_tail
         n_bridge = b.n_bridge if n_bridge is None else n_bridge
-        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge)
+        n_cold = b.n_cold if n_cold is None else n_cold
+        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge, n_cold)
         return self.merge_parts(state, parts, n_cf + n_tail)
 
-    def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int
+    def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0
                      ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(source, item rows, scores) per source that has something; Serve runs them in separate stages."""
+        """(source, item rows, scores) per source that has something; Serve runs them in separate stages.
+
+        The tail part holds the n_tail best tail/cold items and the n_cold best cold items: both come from
+        the same text search (profile + recent items), the cold ones from an index of cold items alone."""
         parts = []
         seen = np.asarray(state.seen, np.int64)
         if n_cf and np.any(state.factor):
             ids, sc = self.m.als.recommend_vectors(state.factor[None], n_cf, [seen])
             parts.append(("cf", ids[0], sc[0]))
-        if n_tail and np.any(state.profile):
-            parts.append(("tail", *self._tail_search(state, n_tail, seen)))
+        if (n_tail or n_cold) and np.any(state.profile):
+            parts.append(("tail", *self._tail_search(state, n_tail, seen, n_cold)))
         if n_bridge and np.any(state.factor):
             sc = self.m.item_bridge[self._tail_rows] @ state.factor
             top = _topk(sc, n_bridge + len(seen))
@@ -216,20 +230,19 @@ class CandidateGenerator:
             return self._fallback(n_fallback, np.asarray(state.seen, np.int64))
         return self._merge(parts)
 
-    def _tail_search(self, st: UserState, n: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The profile and each of the last few items query the tail index; best score per item wins."""
+    def _tail_search(self, st: UserState, n: int, seen: np.ndarray, n_cold: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The profile and each of the last few items query the tail index (and the cold index); best
+        score per item wins."""
         k_multi = self.cfg.index.multi_interest_items
         queries = [st.profile] + [self.m.item_vectors[i] for i in st.recent[:k_multi]]
         q = np.asarray(queries, np.float32)
-        scores, ids = self.m.tail_index.search(q, n + len(seen))
-        ids, scores = ids.ravel(), scores.ravel()
-        keep = ~np.isin(ids, seen)
-        ids, scores = ids[keep], scores[keep]
-        order = np.argsort(-scores, kind="stable")
-        ids, scores = ids[order], scores[order]
-        _, first = np.unique(ids, return_index=True)
-        first = np.sort(first)[:n]
-        return ids[first], scores[first]
+        ids, scores = _best_per_item(self.m.tail_index, q, n, seen)
+        if n_cold and self.m.cold_index is not None:
+            cids, cscores = _best_per_item(self.m.cold_index, q, n_cold, seen)
+            new = ~np.isin(cids, ids)
+            ids, scores = np.concatenate([ids, cids[new]]), np.concatenate([scores, cscores[new]])
+        return ids, scores
 
     def _fallback(self, n: int, seen: np.ndarray | None = None) -> Columns:
         """Unknown users: popular head items mixed with tail items spread over the text space."""
@@ -289,6 +302,27 @@ class CandidateGenerator:
         ids, scores = ids[keep][:k], scores[keep][:k]
         return pd.DataFrame({"item_idx": ids, "item_id": self.m.item_ids[ids], "score": scores,
                              "segment": SEGMENT_NAMES[self.m.item_segment[ids]]})
+
+
+def cold_index_of(item_vectors: np.ndarray, item_segment: np.ndarray, cfg: Config) -> VectorIndex | None:
+    """The index of cold items alone (None when the catalog has none)."""
+    cold = np.asarray(item_segment) == SEGMENT_CODES[COLD]
+    return build_subset(item_vectors, cold, cfg.index) if cold.any() else None
+
+
+def _best_per_item(index: VectorIndex, q: np.ndarray, n: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The n best unseen items over several queries, each at its best score, best first."""
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    scores, ids = index.search(q, n + len(seen))
+    ids, scores = ids.ravel(), scores.ravel()
+    keep = ~np.isin(ids, seen)
+    ids, scores = ids[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    ids, scores = ids[order], scores[order]
+    _, first = np.unique(ids, return_index=True)
+    first = np.sort(first)[:n]
+    return ids[first], scores[first]
 
 
 def center_vectors(vectors: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

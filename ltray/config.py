@@ -184,12 +184,17 @@ class BlendConfig(_Section):
     n_cf: int = Field(200, ge=0)
     n_tail: int = Field(100, ge=0)
     n_bridge: int = Field(100, ge=0)
+    n_cold: int = Field(50, ge=0, description="cold (never interacted) items the tail retrieval adds, searched "
+                        "among cold items alone: in the tail index they are crowded out by tail items")
     tail_share: float | None = Field(None, ge=0, le=1, description="None = chosen on validation")
     cold_share: float | None = Field(None, ge=0, le=1, description="least share of cold (new) items in the "
                                      "top-k, on top of tail_share; None = chosen on validation")
     ranker_weight: float | None = Field(
         None, ge=0, description="score = ALS z-score + w x ranker logit; None = chosen on validation")
     method: Literal["quota", "boost"] = "quota"
+    cold_order: Literal["content", "score"] = Field(
+        "content", description="which cold items fill the cold quota: the closest in text to the user's "
+        "interests (content), or the best final score (score; the ranker never sees a cold positive)")
     mmr_lambda: float | None = Field(None, ge=0, le=1)
 
 
@@ -229,8 +234,12 @@ class ServeConfig(_Section):
 class EvalConfig(_Section):
     ks: tuple[int, ...] = (10, 20)
     max_recall_loss: float = Field(0.02, ge=0, lt=1)
+    long_tail_objective: Literal["balanced", "sum"] = Field(
+        "balanced", description="what the operating point maximises within the recall floor: the geometric "
+        "mean of TailRecall@20 and ColdRecall@20 (balanced: neither kind of long tail is given up for the "
+        "other), or their sum")
     tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
-    cold_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1)
+    cold_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25)
     ranker_weight_grid: tuple[float, ...] = (0.0, 1.0, 8.0, 32.0)
     baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
     tune: bool = Field(True, description="grid-search every baseline on a validation split carved from train")

@@ -185,7 +185,7 @@ class Recommender:
         share = self.tail_share if tail_share is None else tail_share
         score = np.asarray(cands["score"])
         pos, boosted = blend_positions(score, np.asarray(cands["segment"]), k, share, self.cfg.blend.method,
-                                       self.cold_share)
+                                       self.cold_share, self.cold_score(cands))
         item_idx = np.asarray(cands["item_idx"], np.int64)[pos]
         out = {"item_id": self.models.item_ids[item_idx], "item_idx": item_idx,
                "score": score[pos] if boosted is None else boosted,
@@ -194,6 +194,11 @@ class Recommender:
             out["reason"] = np.array([self.explainer.reason(int(i), s, state, self.models.item_vectors)
                                       for i, s in zip(item_idx, out["source"], strict=True)], dtype=object)
         return out
+
+    def cold_score(self, cands: Cands) -> np.ndarray | None:
+        """What fills the cold quota (blend.cold_order): text closeness to the user's interests, or None
+        for the final score."""
+        return np.asarray(cands["tail_score"]) if self.cfg.blend.cold_order == "content" else None
 
     def recommend_rows(self, user_ids, k: int, settings=((None, None, None),)) -> dict[tuple, np.ndarray]:
         """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share, cold_share).
@@ -207,7 +212,7 @@ class Recommender:
                 weight = self.ranker_weight if w is None else w
                 pos, _ = blend_positions(combine(cands["cf_z"], cands["ranker_logit"], weight), cands["segment"], k,
                                          self.tail_share if share is None else share, self.cfg.blend.method,
-                                         self.cold_share if cold is None else cold)
+                                         self.cold_share if cold is None else cold, self.cold_score(cands))
                 rows = cands["item_idx"][pos]
                 out[(w, share, cold)][r, : len(rows)] = rows
         return out

@@ -2,8 +2,9 @@
 
 Train is split per user by time into `fit` and `valid`. Candidate models fitted on
 `fit` produce each user's candidates; half of the users' `valid` items label the
-ranker's training table; the other half picks the operating point: the highest
-TailRecall@K whose Recall@K stays within `eval.max_recall_loss` of CF alone.
+ranker's training table; the other half picks the operating point: the most
+long-tail recall (tail and cold, `eval.long_tail_objective`) whose Recall@K stays within
+`eval.max_recall_loss` of CF alone.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 
 TUNE_K = 20
+_OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
+               "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
 
 
 def held_out_rows(gen: CandidateGenerator, held: pd.DataFrame, users: np.ndarray) -> dict[int, np.ndarray]:
@@ -46,14 +49,25 @@ def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.nda
     return out
 
 
-def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K
-                      ) -> dict[str, float]:
-    """The highest TailRecall@k whose Recall@k >= (1 - max_loss) * CF-only Recall@k."""
+def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int = TUNE_K) -> float:
+    """What the operating point maximises. sum: TailRecall + ColdRecall. balanced: their geometric mean,
+    so neither kind of long tail is given up for the other (the sum when validation holds no cold item:
+    then ColdRecall is 0 everywhere and says nothing)."""
+    tail, cold = point[f"TailRecall@{k}"], point.get(f"ColdRecall@{k}", 0.0)
+    return float(np.sqrt(tail * cold)) if objective == "balanced" else tail + cold
+
+
+def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K,
+                      objective: str = "balanced") -> dict[str, float]:
+    """The point with the most long-tail value (`long_tail_value`) whose Recall@k >= (1 - max_loss) x
+    CF-only Recall@k; ties go to the more accurate point."""
     floor = (1.0 - max_loss) * cf_recall
     ok = [c for c in curve if c[f"Recall@{k}"] >= floor]
     if not ok:  # nothing keeps recall: take the most accurate point
         return max(curve, key=lambda c: c[f"Recall@{k}"])
-    return max(ok, key=lambda c: (c[f"TailRecall@{k}"] + c.get(f"ColdRecall@{k}", 0.0), c[f"Recall@{k}"]))
+    if objective == "balanced" and not any(c.get(f"ColdRecall@{k}", 0.0) > 0 for c in ok):
+        objective = "sum"
+    return max(ok, key=lambda c: (long_tail_value(c, objective, k), c[f"Recall@{k}"]))
 
 
 def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path, log) -> dict[str, Any]:
@@ -104,14 +118,16 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         m = evaluate(lists[(w, s, c)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
         curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c,
                       **{k: float(v) for k, v in m.items() if "@" in k}})
-    chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss)
+    chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
+                               objective=cfg.eval.long_tail_objective)
     log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
         f"cold_share {chosen['cold_share']:.2f} "
         f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
         f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
     blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
              "ranker_weight": chosen["ranker_weight"], "chosen_on": "validation",
-             "rule": (f"highest TailRecall@{TUNE_K} + ColdRecall@{TUNE_K} with Recall@{TUNE_K} >= "
+             "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "
+                      f"{_OBJECTIVES[cfg.eval.long_tail_objective]}) with Recall@{TUNE_K} >= "
                       f"(1 - {cfg.eval.max_recall_loss}) x CF-only"),
              "validation": {k: v for k, v in chosen.items() if "@" in k},
              "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}

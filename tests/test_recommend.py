@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ltray.blend import blend, blend_positions
 from ltray.recommend import combine
-from ltray.tuning import choose_tail_share
+from ltray.tuning import choose_tail_share, long_tail_value
 
 
 def _cands(segments, scores):
@@ -129,3 +129,28 @@ def test_numpy_blend_equals_the_pandas_reference(data):
     codes = np.array([{"head": 0, "tail": 1, "cold": 2}[s] for s in segs], np.int8)
     pos, _ = blend_positions(cands["score"].to_numpy(), codes, k, share, method, cold)
     assert pos.tolist() == want["item_idx"].tolist()  # item_idx == row position here
+
+
+def test_cold_quota_follows_the_cold_score_when_given():
+    # the final score prefers cold item 8; the cold score (text closeness) prefers cold item 9
+    cold_score = np.array([np.nan] * 8 + [0.1, 0.9])
+    cands = _cands(SEG, SCORES).assign(closeness=cold_score)
+    assert 8 in blend(cands, 5, 0.0, cold_share=0.2)["item_idx"].tolist()
+    out = blend(cands, 5, 0.0, cold_share=0.2, cold_score="closeness")
+    assert out["item_idx"].tolist() == [0, 1, 2, 3, 9]  # still ordered by the final score
+    # cold items without a cold score (NaN) come last among the cold
+    none_scored = cands.assign(closeness=[np.nan] * 9 + [0.5])
+    assert 9 in blend(none_scored, 5, 0.0, cold_share=0.2, cold_score="closeness")["item_idx"].tolist()
+
+
+def test_balanced_objective_keeps_both_kinds_of_long_tail():
+    curve = [
+        {"tail_share": 0.2, "cold_share": 0.0, "Recall@20": 0.099, "TailRecall@20": 0.040, "ColdRecall@20": 0.0},
+        {"tail_share": 0.1, "cold_share": 0.1, "Recall@20": 0.099, "TailRecall@20": 0.020, "ColdRecall@20": 0.015},
+        {"tail_share": 0.0, "cold_share": 0.2, "Recall@20": 0.099, "TailRecall@20": 0.002, "ColdRecall@20": 0.030},
+        {"tail_share": 0.1, "cold_share": 0.2, "Recall@20": 0.090, "TailRecall@20": 0.030, "ColdRecall@20": 0.030},
+    ]
+    assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, objective="sum")["tail_share"] == 0.2
+    balanced = choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)  # sqrt(0.02 * 0.015) is the most
+    assert (balanced["tail_share"], balanced["cold_share"]) == (0.1, 0.1)
+    assert long_tail_value(curve[0]) == 0.0 and long_tail_value(curve[0], "sum") == pytest.approx(0.04)

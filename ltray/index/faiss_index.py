@@ -394,7 +394,13 @@ def build_tail_and_full(item_vectors: np.ndarray, segments, cfg: IndexConfig | N
     mask = tail_mask(segments)
     if len(mask) != len(x):
         raise ValueError(f"{len(mask)} segment labels for {len(x)} item vectors")
+    return build_subset(x, mask, cfg), build_subset(x, np.ones(len(x), bool), cfg)
+
+
+def build_subset(item_vectors: np.ndarray, mask: np.ndarray, cfg: IndexConfig | None = None) -> VectorIndex:
+    """An index over the catalog rows where `mask` is True (ids = row numbers), its kind picked by size."""
+    cfg = cfg or IndexConfig()
+    x = np.asarray(item_vectors, np.float32)
+    mask = np.asarray(mask, bool)
     rows = np.arange(len(x), dtype=np.int64)
-    tail = VectorIndex.for_size(int(mask.sum()), x.shape[1], cfg).build(rows[mask], x[mask])
-    full = VectorIndex.for_size(len(x), x.shape[1], cfg).build(rows, x)
-    return tail, full
+    return VectorIndex.for_size(int(mask.sum()), x.shape[1], cfg).build(rows[mask], x[mask])
