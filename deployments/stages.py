@@ -146,14 +146,24 @@ class RetrievalStage:
         return self._encoder
 
     def candidates(self, recall: Recall) -> Candidates:
-        if recall.version != self.version:
-            return Candidates({}, fallback=False, version=self.version, consistent=False)
+        return self.candidates_many([recall])[0]
+
+    def candidates_many(self, recalls: list[Recall]) -> list[Candidates]:
+        """`candidates` for several requests: one FAISS search per index for all of them."""
         b = self.cfg.blend
-        parts = list(recall.parts)
-        if recall.state is not None:
-            parts += self.generator.recall_parts(recall.state, 0, b.n_tail, b.n_bridge, b.n_cold)
-        table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
-        return Candidates(table, fallback=not parts, version=self.version)
+        live = [i for i, r in enumerate(recalls) if r.version == self.version and r.state is not None]
+        found = self.generator.recall_parts_many([recalls[i].state for i in live], 0, b.n_tail, b.n_bridge,
+                                                 b.n_cold) if live else []
+        extra = dict(zip(live, found, strict=True))
+        out = []
+        for i, recall in enumerate(recalls):
+            if recall.version != self.version:
+                out.append(Candidates({}, fallback=False, version=self.version, consistent=False))
+                continue
+            parts = list(recall.parts) + extra.get(i, [])
+            table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
+            out.append(Candidates(table, fallback=not parts, version=self.version))
+        return out
 
     def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
         """Raises KeyError for an item outside the catalog."""

@@ -202,9 +202,11 @@ class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 = a free one (ltray serve)")
     app_name: str = "ltray"
-    topology: Literal["chain", "colocated"] = Field(
-        "chain", description="chain: Ingress -> CFRecall -> TailRetrieval -> CTRRanker, one deployment each; "
-        "colocated: Ingress -> one deployment running all three stages (one hop instead of three)")
+    topology: Literal["auto", "chain", "colocated"] = Field(
+        "auto", description="chain: Ingress -> CFRecall -> TailRetrieval -> CTRRanker, one deployment each "
+        "(each scales on its own resources); colocated: Ingress -> one deployment running all three stages (one "
+        "hop instead of three); auto: colocated on a one-node Ray cluster (a laptop: hops only cost CPU there), "
+        "chain on more nodes")
     num_cpus: float = Field(0.25, gt=0, description="CPUs per replica; four deployments at 0.25 fit in 1 CPU")
     num_gpus_ranker: float = Field(0.0, ge=0, description="GPU profile: GPUs per CTRRanker replica")
     num_gpus_retrieval: float = Field(0.0, ge=0, description="GPU profile: GPUs per TailRetrieval replica")
@@ -217,10 +219,11 @@ class ServeConfig(_Section):
     max_text_chars: int = Field(2000, ge=1, le=2000, description="longest /search text (schema caps at 2000)")
     max_recent_items: int = Field(500, ge=1, le=500, description="most session items in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
-    max_batch_size: int = Field(32, ge=1, description="CTRRanker: requests per forward pass")
+    max_batch_size: int = Field(32, ge=1, description="requests batched together: per CTRRanker forward pass, "
+                                "per TailRetrieval FAISS search, per colocated Pipeline call")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="CTRRanker: wait to fill a batch; 0 = join the requests already waiting (they "
-        "gather while a forward pass runs), no added latency for a lone request")
+        0.0, ge=0, description="wait to fill a batch; 0 = join the requests already waiting (they gather "
+        "while a batch runs), no added latency for a lone request")
     threads: int = Field(1, ge=1, description="torch / FAISS / BLAS threads per replica (more spin on 2 cores)")
     encoder_threads: int = Field(1, ge=1, description="torch threads of the /search text encoder")
     ready_timeout_s: float = Field(2.0, gt=0, description="/readyz: wait this long for each stage")

@@ -61,3 +61,19 @@ def test_cold_index_survives_save_and_load_and_is_rebuilt_for_older_runs(fitted,
     no_faiss = CandidateModels.load(tmp_path / "cf", tmp_path / "index", models.item_ids, models.item_vectors,
                                     faiss_indexes=False)
     assert no_faiss.cold_index is None
+
+
+def test_batched_recall_equals_one_user_at_a_time(fitted):
+    """Serve batches concurrent requests into one FAISS search per index: the parts must not change."""
+    models, cfg = fitted
+    gen = CandidateGenerator(models, cfg)
+    states = [gen.state(u) for u in models.user_ids[:12]]
+    # a session user (few items, short seen list) batched with known users (long seen lists)
+    states.append(gen.state("someone-new", recent_items=list(models.item_ids[:3])))
+    many = gen.recall_parts_many(states, 40, 30, 20, 10)
+    for st, batched in zip(states, many, strict=True):
+        alone = gen.recall_parts(st, 40, 30, 20, 10)
+        assert [p[0] for p in batched] == [p[0] for p in alone] == ["cf", "tail", "bridge"]
+        for (_, ids_b, sc_b), (_, ids_a, sc_a) in zip(batched, alone, strict=True):
+            np.testing.assert_array_equal(ids_b, ids_a)
+            np.testing.assert_allclose(sc_b, sc_a, rtol=1e-5, atol=1e-6)

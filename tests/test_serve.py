@@ -48,7 +48,8 @@ def server(ray_cluster, serve_artifacts):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"artifacts": serve_artifacts}), name=APP, route_prefix="/", blocking=False)
+    serve.run(build_app({"artifacts": serve_artifacts, "serve.topology": "chain"}), name=APP, route_prefix="/",
+              blocking=False)
     serve.run(build_app({"artifacts": serve_artifacts, "serve.topology": "colocated"}), name=COLO_APP,
               route_prefix="/colo", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -163,6 +164,34 @@ def test_ranker_batches_concurrent_requests(server, recommender):
     # (one replica's counts: with a second ranker replica it saw only its share of the requests)
     served = after["requests"] - before["requests"]
     assert 0 < after["passes"] - before["passes"] < served and after["largest"] > 1
+
+
+def test_colocated_pipeline_batches_requests_and_answers_each_as_alone(server, recommender):
+    """Concurrent requests share one FAISS search and one forward pass; each still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    pipeline = serve.get_deployment_handle("Pipeline", app_name=COLO_APP)
+    users = _known_users(recommender, 24)
+    alone = {u: server.post("/colo/recommend", json={"user_id": u, "k": 10}).json() for u in users}
+    before = pipeline.batch_stats.remote().result()
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda u: server.post("/colo/recommend", json={"user_id": u, "k": 10}), users * 2))
+    after = pipeline.batch_stats.remote().result()
+    assert [r.status_code for r in together] == [200] * len(together)
+    for u, r in zip(users * 2, together, strict=True):
+        assert [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in alone[u]["items"]]
+    assert 0 < after["passes"] - before["passes"] < after["requests"] - before["requests"]
+    assert after["largest"] > 1
+
+
+def test_auto_topology_colocates_on_one_node_only():
+    from deployments.app import resolve_topology
+
+    assert resolve_topology("auto", 1) == "colocated"
+    assert resolve_topology("auto", 3) == "chain"
+    assert resolve_topology("chain", 1) == "chain" and resolve_topology("colocated", 5) == "colocated"
 
 
 def test_colocated_topology_answers_the_same(server, recommender):
@@ -377,7 +406,7 @@ def test_version_switch_under_load_drops_no_request(server, serve_artifacts, rec
     app, prefix, new_share = "ltray-switch", "/switch", 0.75
     second = _second_run(serve_artifacts, tmp_path / "second", new_share)
     # Small CPU shares: old and new replicas side by side stay within what the module's apps leave free.
-    args = {"serve.num_cpus": "0.05", "serve.max_replicas": "1"}
+    args = {"serve.num_cpus": "0.05", "serve.max_replicas": "1", "serve.topology": "chain"}
     serve.run(build_app({"artifacts": serve_artifacts, **args}), name=app, route_prefix=prefix, blocking=False)
     deadline = time.time() + 120
     while server.get(f"{prefix}/readyz").status_code != 200:

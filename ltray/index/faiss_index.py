@@ -25,6 +25,11 @@ from ltray.config import IndexConfig
 
 HEAD, TAIL, COLD = "head", "tail", "cold"
 
+# Searches of 2+ queries go through one BLAS pass over the stored vectors. FAISS's default (below 20
+# queries) reads the whole index once per query: memory-bound, 3.0 ms for a user's 6 queries over 8k x 384
+# vectors on a 2-core VM, against 1.6 ms as one pass.
+faiss.cvar.distance_compute_blas_threshold = 2
+
 
 # ----------------------------------------------------------------- decisions
 def ivf_nlist(n: int, cfg: IndexConfig) -> int:

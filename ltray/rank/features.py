@@ -191,6 +191,9 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray | str, overrides: dic
     return fac, prof, n, last, rfac, uniq, inv.reshape(-1)
 
 
+_ITEM_CHUNK = 65_536
+
+
 class FeatureBuilder:
     """Fit once on training items; ``build`` turns a candidate table into model inputs."""
 
@@ -205,6 +208,7 @@ class FeatureBuilder:
         self.dense_std: np.ndarray | None = None  # (F,)
         self.text_in_dim: int | None = None
         self.factor_dim: int | None = None
+        self._item_cache: tuple | None = None  # (ctx, PCA) it was made for, item text features, item norms
 
     # -- layout -------------------------------------------------------------------
     @property
@@ -273,12 +277,14 @@ class FeatureBuilder:
         fac, prof, n, last, rfac, _, inv = _user_arrays(ctx, user_ids, users_override, len(item_idx))
         # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
         # not depend on which other rows it is built with (training bulk vs one Serve request).
-        v = ctx.item_vectors[item_idx].astype(np.float64)
-        p = prof[inv].astype(np.float64)
         comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
-        item_text = (v - mean) @ comps
+        all_text, all_norm = self._item_arrays(ctx)
+        item_text = all_text[item_idx]
         user_text = (prof.astype(np.float64) - mean) @ comps
-        cos = (p * v).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(v, axis=1) + _EPS)
+        # One dot product per row: float64 sums over float32 inputs, never a batch-shaped BLAS call.
+        p = prof[inv]
+        dots = np.einsum("ij,ij->i", ctx.item_vectors[item_idx], p, dtype=np.float64)
+        cos = dots / (np.linalg.norm(p.astype(np.float64), axis=1) * all_norm[item_idx] + _EPS)
         uf = fac[inv].astype(np.float64)
         als = (uf * ctx.item_factors[item_idx]).sum(1)
         # The ALS score standardised over the whole catalog for this user: comparable across users.
@@ -303,6 +309,19 @@ class FeatureBuilder:
                 bridge[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
         return np.concatenate([np.asarray(c, np.float64).reshape(len(item_idx), -1) for c in cols], axis=1)
+
+    def _item_arrays(self, ctx: FeatureContext) -> tuple[np.ndarray, np.ndarray]:
+        """Per-item PCA text features and vector norms, made once per context: every request reuses them."""
+        c = self._item_cache
+        if c is None or c[0] is not ctx or c[1] is not self.pca_components:
+            comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
+            n = len(ctx.item_vectors)
+            text, norm = np.empty((n, comps.shape[1])), np.empty(n)
+            for lo in range(0, n, _ITEM_CHUNK):  # float64 copies a chunk at a time, not of the whole catalog
+                v = ctx.item_vectors[lo:lo + _ITEM_CHUNK].astype(np.float64)
+                text[lo:lo + len(v)], norm[lo:lo + len(v)] = (v - mean) @ comps, np.linalg.norm(v, axis=1)
+            self._item_cache = c = (ctx, self.pca_components, text, norm)
+        return c[2], c[3]
 
     def _pop_constant(self) -> float:
         # The training mean of log-popularity: after standardisation the column is exactly 0.
