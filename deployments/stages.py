@@ -30,6 +30,7 @@ from ltray.artifacts import ArtifactStore
 from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config, ServeConfig
 from ltray.data.segments import HEAD
+from ltray.threads import limit_threads
 
 Part = tuple[str, np.ndarray, np.ndarray]
 
@@ -37,17 +38,6 @@ Part = tuple[str, np.ndarray, np.ndarray]
 def artifacts_version(store: ArtifactStore) -> str:
     """The version a run folder answers with (the ranker's stage version, as `load_recommender` names it)."""
     return store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
-
-
-def limit_threads(n: int) -> None:
-    """One replica, few threads: torch, FAISS and BLAS pools spinning on a shared 2-core box cost 10x."""
-    import faiss
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
-    threadpool_limits(limits=n)
 
 
 def tail_share_of(segments) -> float:

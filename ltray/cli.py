@@ -287,15 +287,17 @@ def recommend(
     import pandas as pd
 
     from ltray.pipeline import load_recommender
+    from ltray.threads import single_threaded
 
     ids = _read_user_ids(users)
     rec = load_recommender(artifacts)
     frames = []
-    for u in ids:
-        r = rec.recommend(u, k=k, tail_share=tail_share, explain=False)
-        frames.append(pd.DataFrame({"user_id": u, "item_id": r["item_id"], "rank": range(1, len(r) + 1),
-                                    "score": r["score"].astype("float32"), "segment": r["segment"],
-                                    "source": r["source"]}))
+    with single_threaded():
+        for u in ids:
+            r = rec.recommend(u, k=k, tail_share=tail_share, explain=False)
+            frames.append(pd.DataFrame({"user_id": u, "item_id": r["item_id"], "rank": range(1, len(r) + 1),
+                                        "score": r["score"].astype("float32"), "segment": r["segment"],
+                                        "source": r["source"]}))
     table = pd.concat(frames, ignore_index=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out_path, index=False)

@@ -18,6 +18,7 @@ from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.features import UserState as RankUserState
 from ltray.rank.ranker import Ranker
 from ltray.text_mining import shared_keywords
+from ltray.threads import single_threaded
 
 # Cosine above which an item counts as "like" one from the user's history in a reason string.
 _REASON_MIN_COSINE = 0.5
@@ -206,6 +207,11 @@ class Recommender:
         Candidates are generated and scored once per user; None means the Recommender's own value.
         """
         out = {st: np.full((len(user_ids), k), -1, np.int64) for st in settings}
+        with single_threaded():
+            self._fill_rows(out, user_ids, k, settings)
+        return out
+
+    def _fill_rows(self, out: dict[tuple, np.ndarray], user_ids, k: int, settings) -> None:
         for r, u in enumerate(user_ids):
             _, cands = self.rank_candidates(u)
             for w, share, cold in settings:
@@ -215,7 +221,6 @@ class Recommender:
                                          self.cold_share if cold is None else cold, self.cold_score(cands))
                 rows = cands["item_idx"][pos]
                 out[(w, share, cold)][r, : len(rows)] = rows
-        return out
 
 
 def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:

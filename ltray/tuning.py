@@ -23,6 +23,7 @@ from ltray.eval.metrics import evaluate
 from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
+from ltray.threads import single_threaded
 
 TUNE_K = 20
 _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
@@ -49,7 +50,7 @@ def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.nda
     return out
 
 
-def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int = TUNE_K) -> float:
+def long_tail_value(point: dict[str, float], objective: str = "sum", k: int = TUNE_K) -> float:
     """What the operating point maximises. sum: TailRecall + ColdRecall. balanced: their geometric mean,
     so neither kind of long tail is given up for the other (the sum when validation holds no cold item:
     then ColdRecall is 0 everywhere and says nothing)."""
@@ -58,7 +59,7 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
 
 
 def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K,
-                      objective: str = "balanced") -> dict[str, float]:
+                      objective: str = "sum") -> dict[str, float]:
     """The point with the most long-tail value (`long_tail_value`) whose Recall@k >= (1 - max_loss) x
     CF-only Recall@k; ties go to the more accurate point."""
     floor = (1.0 - max_loss) * cf_recall
@@ -87,7 +88,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     log(f"rank: candidate models on {len(fit_part):,} interactions; ranker learns from {len(train_users)} users, "
         f"tail share is chosen on {len(tune_users)} others")
 
-    cands = pd.concat([gen.candidates(gen.state(u)).assign(user_id=u) for u in train_users], ignore_index=True)
+    with single_threaded():
+        cands = pd.concat([gen.candidates(gen.state(u)).assign(user_id=u) for u in train_users], ignore_index=True)
     pos = valid[valid["user_id"].isin(set(train_users))].copy()
     pos["item_idx"] = gen.item_rows(pos["item_id"].to_numpy())
     pos = pos[pos["item_idx"] >= 0][["user_id", "item_idx", "ts"]]
