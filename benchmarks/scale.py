@@ -3,9 +3,10 @@
     python benchmarks/scale.py --quick                       # 2k and 10k items
     python benchmarks/scale.py --sizes 10000 100000 1000000 --embed-sample 5000 --rank-max-items 100000
 
-For each size it runs the stages through ``ltray.pipeline`` against a fresh artifact store (data, embed,
-cf + index, rank) and prints per stage: wall time, peak RSS of the driver and of the Ray workers (summed,
-sampled every 0.2 s), and time per item. The baseline is the smallest size: "x per item" is each
+For each size it runs the stages against a fresh artifact store the way the jobs do (``jobs/_common.py``):
+the data stage and the later stages (cf + index, rank) in Ray tasks, the embedding through Ray Data. It
+prints per stage: wall time, peak RSS of the driver and of the Ray workers (summed, sampled every 0.2 s),
+and time per item. The baseline is the smallest size: "x per item" is each
 size's cost per item over the smallest size's, so 1.0 means linear growth. It then fits
 time = a * n^b per stage (b = the log-log slope) and writes a log-log plot.
 
@@ -36,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 MB = 2**20
-STAGES = ("data", "embed", "load vectors", "cf+index", "index only", "rank")
+STAGES = ("data", "embed", "cf+index", "index only", "rank")
 
 
 class PeakMemory:
@@ -105,12 +106,48 @@ def commit_stand_in_embed(store, bundle, vectors: np.ndarray, cfg, note: str) ->
         (w / "embed.json").write_text(json.dumps({"dim": d, "count": len(vectors), "note": note}))
 
 
+def embed_sample_with_stand_ins(cfg, uri: str, sample_n: int, tmp: str) -> dict:
+    """In a Ray task: embed ``sample_n`` sampled items on the real Ray Data stage, commit stand-ins for the rest."""
+    from ltray import pipeline as p
+    from ltray.artifacts import ArtifactStore
+    from ltray.embed.stage import embed_items, load_embeddings
+
+    store = ArtifactStore(uri)
+    bundle = p.load_bundle(store)
+    n = len(bundle.items)
+    sample_rows = np.sort(np.random.default_rng(0).choice(n, sample_n, replace=False))
+    sample = bundle.items.iloc[sample_rows][["item_id", "text"]]
+    t0 = time.perf_counter()
+    stats = embed_items(sample, cfg.embed, Path(tmp) / "embed")
+    seconds = time.perf_counter() - t0
+    sample_vecs = load_embeddings(Path(tmp) / "embed", sample["item_id"].astype(str).tolist())
+    commit_stand_in_embed(store, bundle, stand_in_vectors(sample_vecs, n, sample_rows), cfg,
+                          f"{sample_n} items embedded, the rest stand-ins (benchmark)")
+    return {"sample_seconds": seconds, "items_per_s": stats.get("items_per_s")}
+
+
+def index_only(cfg, uri: str) -> dict:
+    """In a Ray task: the FAISS tail and full indexes alone, timed without the loading."""
+    from ltray import pipeline as p
+    from ltray.artifacts import ArtifactStore
+    from ltray.embed.stage import load_embeddings
+    from ltray.index.faiss_index import build_tail_and_full
+
+    store = ArtifactStore(uri)
+    bundle = p.load_bundle(store)
+    vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
+    t0 = time.perf_counter()
+    tail, full = build_tail_and_full(vectors, bundle.item_segment != 0, cfg.index)
+    return {"seconds": time.perf_counter() - t0, "factory": {"tail": tail.factory, "full": full.factory}}
+
+
 def run_size(n: int, args, root: Path) -> dict:
+    """The stages the way the jobs run them (jobs/_common.py): data and the later stages in Ray tasks,
+    the embedding through Ray Data; so "driver MB" is a job driver's memory."""
+    from jobs._common import on_worker
     from ltray import pipeline as p
     from ltray.artifacts import ArtifactStore
     from ltray.config import load_config
-    from ltray.embed.stage import embed_items
-    from ltray.index.faiss_index import build_tail_and_full
 
     n_users = max(args.min_users, int(n * args.users_per_item))
     cfg = load_config(overrides=[
@@ -119,8 +156,8 @@ def run_size(n: int, args, root: Path) -> dict:
         f"embed.max_length={args.max_length}", f"cf.iterations={args.cf_iterations}",
         f"rank.epochs={args.rank_epochs}", "rank.num_workers=1",
     ])
-    store = ArtifactStore(str(root / f"n{n}"))
-    quiet = (lambda msg: None) if not args.verbose else print
+    uri = str(root / f"n{n}")
+    store = ArtifactStore(uri)
     rows: dict[str, dict] = {}
 
     def measure(stage: str, fn, extrapolated: bool = False):
@@ -133,36 +170,23 @@ def run_size(n: int, args, root: Path) -> dict:
                        "driver_delta_mb": (mem.driver - mem.driver_start) / MB, "extrapolated": extrapolated}
         return out
 
-    bundle = measure("data", lambda: p.stage_data(store, cfg, False, quiet))
+    counts = measure("data", lambda: on_worker(p.commit_data, cfg, uri, False, store=store))
     if args.embed_sample and n > args.embed_sample:
-        rng = np.random.default_rng(0)
-        sample_rows = np.sort(rng.choice(n, args.embed_sample, replace=False))
-        sample = bundle.items.iloc[sample_rows][["item_id", "text"]]
-        tmp = Path(tempfile.mkdtemp(dir=root))
-        stats = measure("embed", lambda: embed_items(sample, cfg.embed, tmp / "embed"), extrapolated=True)
-        from ltray.embed.stage import load_embeddings
-
-        sample_vecs = load_embeddings(tmp / "embed", sample["item_id"].astype(str).tolist())
-        per_item = rows["embed"]["seconds"] / args.embed_sample
-        rows["embed"].update(seconds=per_item * n, sample=args.embed_sample,
-                             sample_seconds=rows["embed"]["seconds"], sample_items_per_s=stats.get("items_per_s"))
-        vectors = stand_in_vectors(sample_vecs, n, sample_rows)
-        commit_stand_in_embed(store, bundle, vectors, cfg,
-                              f"{args.embed_sample} items embedded, the rest stand-ins (benchmark)")
+        tmp = tempfile.mkdtemp(dir=root)
+        stats = measure("embed", lambda: on_worker(embed_sample_with_stand_ins, cfg, uri, args.embed_sample, tmp,
+                                                   store=store), extrapolated=True)
+        rows["embed"].update(seconds=stats["sample_seconds"] / args.embed_sample * n, sample=args.embed_sample,
+                             sample_seconds=stats["sample_seconds"], sample_items_per_s=stats["items_per_s"])
     else:
-        from ltray.embed.stage import load_embeddings, run_embed
-
-        # the stage alone (streams from the data stage's Parquet), then the driver-side load the later
-        # stages need, measured apart so that the stage's own driver memory shows
-        measure("embed", lambda: run_embed(store, store.stage_path("data") / "items.parquet", cfg))
-        vectors = measure("load vectors", lambda: load_embeddings(store.stage_path("embed"), bundle.item_ids))
-    models = measure("cf+index", lambda: p.stage_candidates(store, cfg, bundle, vectors, quiet))
-    tail, full = measure("index only", lambda: build_tail_and_full(vectors, bundle.item_segment != 0, cfg.index))
-    rows["index only"]["factory"] = {"tail": tail.factory, "full": full.factory}
-    del tail, full, models
+        measure("embed", lambda: p.commit_embed(store, cfg, lambda msg: None))
+    measure("cf+index", lambda: on_worker(p.fit_from_store, cfg, uri, ("cf+index",), store=store,
+                                          log=lambda msg: None))
+    built = measure("index only", lambda: on_worker(index_only, cfg, uri, store=store))
+    rows["index only"].update(seconds=built["seconds"], factory=built["factory"])
     if n <= args.rank_max_items:
-        measure("rank", lambda: p.stage_rank(store, cfg, bundle, vectors, quiet))
-    return {"n": n, "users": n_users, "interactions": int(len(bundle.train)), "stages": rows}
+        measure("rank", lambda: on_worker(p.fit_from_store, cfg, uri, ("rank",), store=store,
+                                          log=lambda msg: None))
+    return {"n": n, "users": n_users, "interactions": counts["train"], "stages": rows}
 
 
 def fit_slope(ns: list[int], secs: list[float]) -> tuple[float, float]:
@@ -259,7 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None, help="Ray CPUs (default: all)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"),
                     help="where scale.png (small, committed) and scale.json go")
-    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="show the stage tasks' logs")
     args = ap.parse_args(argv)
     sizes = [2_000, 10_000] if args.quick else sorted(args.sizes)
     if args.quick:
@@ -267,7 +291,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=args.verbose, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="ltray-scale-"))

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.artifacts import ArtifactError, ArtifactStore, fingerprint_of
+from ltray.artifacts import ArtifactError, ArtifactStore
 from ltray.cli import artifacts_uri, build_config
 from ltray.config import Config, ConfigError
 
 EXIT_USAGE = 2
 DEFAULT_STORE_TIMEOUT_S = 60.0
 DEFAULT_SCALE_TIMEOUT_S = 900.0
-# Stages whose committed versions the eval report depends on.
-EVAL_INPUTS = ("data", "embed", "cf", "index", "rank")
 
 
 @dataclass
@@ -61,6 +59,10 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                         "(the embedding pool is sized from the GPUs up when it starts)")
     p.add_argument("--scale-timeout", type=float, default=DEFAULT_SCALE_TIMEOUT_S,
                    help="seconds to wait for --wait-for-gpus")
+    p.add_argument("--stage-cpus", type=float, default=0.0,
+                   help="CPUs the task that runs the later stages reserves (it waits on Ray Train's workers)")
+    p.add_argument("--stage-memory-gb", type=float, default=None,
+                   help="memory that task reserves, so that it lands on a node large enough for the catalog")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -164,40 +166,47 @@ def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore]
 
 
 # -- shared stage helpers ----------------------------------------------------------------------
-def data_and_vectors(args: JobArgs, store: ArtifactStore):
-    """The data and embed stages (each a no-op when current): what every later stage reads."""
+def on_worker(fn: Callable[..., Any], *args: Any, store: ArtifactStore, cpus: float = 0.0,
+              memory_gb: float | None = None, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in one Ray task: what it loads stays on the worker; only its small result returns.
+
+    ``cpus`` defaults to 0: the task mostly waits on the Ray Data and Ray Train work it starts, which
+    reserve their own CPUs (a task holding one would starve a 2-CPU laptop). ``memory_gb`` reserves
+    memory, so the task lands on a node large enough for the catalog.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {"num_cpus": cpus, "name": f"ltray.{fn.__name__}"}
+    if memory_gb:
+        options["memory"] = int(memory_gb * 2**30)
+    if store.fs is None:
+        # A local folder is only certain to exist on this node: prefer it (a shared mount works anywhere).
+        here = ray.get_runtime_context().get_node_id()
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+        if len([n for n in ray.nodes() if n["Alive"]]) > 1:
+            log(f"warning: artifacts at local path {store.root}; on a multi-node cluster use a URI "
+                "(s3://, gs://) or a shared mount so that workers can read and write the run")
+    return ray.get(ray.remote(fn).options(**options).remote(*args, **kwargs))
+
+
+def data_and_embed(args: JobArgs, store: ArtifactStore) -> dict[str, int]:
+    """The data stage (in a task) and the embed stage (Ray Data, streamed): the driver loads neither."""
     from ltray import pipeline as p
 
-    bundle = p.stage_data(store, args.cfg, args.holdout, log)
-    vectors = p.stage_embed(store, args.cfg, bundle, log)
-    return bundle, vectors
+    counts = on_worker(p.commit_data, args.cfg, args.artifacts, args.holdout, store=store)
+    p.commit_embed(store, args.cfg, log)
+    return counts
+
+
+def fit_on_worker(args: JobArgs, store: ArtifactStore, stages: tuple[str, ...], evaluate: bool = False) -> dict:
+    """``pipeline.fit_from_store`` in a task (``--stage-cpus``, ``--stage-memory-gb``); its log lines print live."""
+    from ltray import pipeline as p
+
+    opts = args.options
+    return on_worker(p.fit_from_store, args.cfg, args.artifacts, stages, evaluate, store=store,
+                     cpus=getattr(opts, "stage_cpus", 0.0), memory_gb=getattr(opts, "stage_memory_gb", None))
 
 
 def stage_versions(store: ArtifactStore) -> dict[str, str]:
     return {s: e.get("version") for s, e in store.manifest().get("stages", {}).items()}
-
-
-def eval_fingerprint(store: ArtifactStore, cfg: Config) -> str:
-    stages = store.manifest().get("stages", {})
-    return fingerprint_of({"inputs": {s: (stages.get(s) or {}).get("version") for s in EVAL_INPUTS},
-                           "cfg": cfg.fingerprint("eval", "blend")})
-
-
-def evaluate_if_changed(parts: dict[str, Any], cfg: Config) -> Path:
-    """The eval stage, skipped when the committed inputs and the eval config are unchanged.
-
-    ``stage_eval`` always re-evaluates; the job records a fingerprint of the stage versions it read in
-    the eval manifest entry, so a re-run of a finished job is a no-op.
-    """
-    from ltray.eval.stage import stage_eval
-
-    store: ArtifactStore = parts["store"]
-    fp = eval_fingerprint(store, cfg)
-    if store.is_current("eval", fp):
-        log("eval: unchanged, skipped")
-        return store.stage_path("eval") / "report.html"
-    report = stage_eval(parts, cfg, log)
-    entry = dict(store.stage_info("eval") or {})
-    entry["fingerprint"] = fp
-    store.update_manifest(stages={"eval": entry})
-    return Path(report)

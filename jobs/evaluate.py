@@ -4,6 +4,7 @@
 
 Fits whatever stage is missing or stale first. The report is rebuilt only when a stage it reads
 (data, embed, cf, index, rank) or the eval config changed; otherwise the job says "unchanged, skipped".
+As in jobs/pipeline.py, the stages and the evaluation run in Ray tasks, not in the driver.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
-from jobs._common import evaluate_if_changed, log, run_job, stage_versions  # noqa: E402
+from jobs._common import data_and_embed, fit_on_worker, run_job, stage_versions  # noqa: E402
 
 
 def body(args, store) -> dict:
-    from ltray.pipeline import fit
-
     if not args.holdout:
         raise ValueError("evaluate needs the time split; drop --no-holdout")
-    parts = fit(args.cfg, args.artifacts, holdout=True, log=log)
-    report = evaluate_if_changed(parts, args.cfg)
-    return {"report": str(report), "metrics": store.manifest().get("metrics", {}).get("ltray", {}),
-            "stages": stage_versions(store)}
+    data_and_embed(args, store)
+    result = fit_on_worker(args, store, ("cf+index", "rank"), evaluate=True)
+    return {"report": result["report"], "metrics": result["metrics"], "stages": stage_versions(store)}
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,8 @@
         --set rank.num_workers=8 --set rank.storage_path=s3://bucket/train
 
 Runs the data and embed stages first when they are missing or stale (each a no-op when current).
-On a multi-node cluster, rank.storage_path must be a URI every node can reach.
+The stage's driver is a Ray task (the training table and the candidate models stay on its node);
+on a multi-node cluster, rank.storage_path must be a URI every node can reach.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
-from jobs._common import data_and_vectors, log, run_job, stage_versions  # noqa: E402
+from jobs._common import data_and_embed, fit_on_worker, run_job, stage_versions  # noqa: E402
 
 
 def body(args, store) -> dict:
-    from ltray import pipeline as p
-
-    bundle, vectors = data_and_vectors(args, store)
-    _, blend = p.stage_rank(store, args.cfg, bundle, vectors, log)
-    return {"tail_share": blend.get("tail_share"), "stages": stage_versions(store)}
+    data_and_embed(args, store)
+    result = fit_on_worker(args, store, ("rank",))
+    return {"tail_share": result.get("tail_share"), "stages": stage_versions(store)}
 
 
 def main(argv=None) -> int:

@@ -80,17 +80,24 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _pri
 
 
 # -- embed -----------------------------------------------------------------------------
-def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _print) -> np.ndarray:
-    from ltray.embed.stage import load_embeddings, run_embed
+def commit_embed(store: ArtifactStore, cfg: Config, log: Log = _print) -> dict[str, Any]:
+    """The embed stage alone: streams the data stage's Parquet through Ray Data; nothing reaches this process."""
+    from ltray.embed.stage import run_embed
 
-    t0 = time.perf_counter()
-    # From the data stage's Parquet: the embedding streams it through Ray Data, off the driver.
     stats = run_embed(store, store.stage_path("data") / "items.parquet", cfg)
     if stats.get("skipped"):
         log("embed: unchanged, skipped")
     else:
         log(f"embed: {stats.get('encoded', 0):,} encoded, {stats.get('carried_over', 0):,} carried over "
             f"({stats.get('items_per_s', 0):.0f} items/s)")
+    return stats
+
+
+def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _print) -> np.ndarray:
+    from ltray.embed.stage import load_embeddings
+
+    t0 = time.perf_counter()
+    commit_embed(store, cfg, log)
     vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
     bundle.timings["embed"] = time.perf_counter() - t0
     return vectors
@@ -193,6 +200,91 @@ def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print) -
     store.update_manifest(timings=bundle.timings)
     return {"store": store, "bundle": bundle, "vectors": vectors, "models": models, "ranker": ranker,
             "blend": blend_choice}
+
+
+# -- stages from the store, for a job's workers -------------------------------------------------------
+# A job runs these in Ray tasks, so the catalog, the factors and the indexes live on a worker and the
+# job's driver holds none of them: its memory does not grow with the catalog. Plain arguments in,
+# small dicts out.
+EVAL_INPUTS = ("data", "embed", "cf", "index", "rank")  # the stages whose versions the report depends on
+
+
+def load_bundle(store: ArtifactStore) -> Bundle:
+    """The committed data stage read back: what ``stage_data`` handed on when it wrote it."""
+    path = store.stage_path("data")
+    items = pq.read_table(path / "items.parquet").to_pandas()
+    train = pq.read_table(path / "train.parquet").to_pandas()
+    test = pq.read_table(path / "test.parquet").to_pandas() if (path / "test.parquet").exists() else None
+    seg = pq.read_table(path / "segments.parquet")
+    if seg.column("item_id").to_pylist() != items["item_id"].astype(str).tolist():
+        raise ValueError(f"{path}: segments.parquet and items.parquet list different items")
+    return Bundle(items, train, test, seg.column("segment").to_numpy().astype(np.int8))
+
+
+def commit_data(cfg: Config, artifacts: str, holdout: bool, log: Log = _print) -> dict[str, int]:
+    """The data stage; returns counts only."""
+    bundle = stage_data(ArtifactStore(artifacts), cfg, holdout, log)
+    return {"items": len(bundle.items), "train": len(bundle.train),
+            "test": 0 if bundle.test is None else len(bundle.test)}
+
+
+def eval_fingerprint(store: ArtifactStore, cfg: Config) -> str:
+    stages = store.manifest().get("stages", {})
+    return fingerprint_of({"inputs": {s: (stages.get(s) or {}).get("version") for s in EVAL_INPUTS},
+                           "cfg": cfg.fingerprint("eval", "blend")})
+
+
+def evaluate_if_changed(parts: dict[str, Any], cfg: Config, log: Log = _print) -> Path:
+    """The eval stage, skipped when the committed inputs and the eval config are unchanged.
+
+    ``stage_eval`` always re-evaluates; this records a fingerprint of the stage versions it read in
+    the eval manifest entry, so re-running a finished job is a no-op.
+    """
+    from ltray.eval.stage import stage_eval
+
+    store: ArtifactStore = parts["store"]
+    fp = eval_fingerprint(store, cfg)
+    if store.is_current("eval", fp):
+        log("eval: unchanged, skipped")
+        return store.stage_path("eval") / "report.html"
+    report = stage_eval(parts, cfg, log)
+    entry = dict(store.stage_info("eval") or {})
+    entry["fingerprint"] = fp
+    store.update_manifest(stages={"eval": entry})
+    return Path(report)
+
+
+def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+index", "rank"),
+                   evaluate: bool = False, log: Log = _print) -> dict[str, Any]:
+    """The later stages on the committed data and embed stages, in this process (a job's worker).
+
+    Returns the pid it ran in, the indexes' shapes, and the report path and metrics when it evaluated."""
+    import os
+
+    from ltray.embed.stage import load_embeddings
+
+    store = ArtifactStore(artifacts)
+    for needed in ("data", "embed"):
+        if not store.has(needed):
+            raise ValueError(f"{artifacts}: the {needed} stage is not committed yet; run it first")
+    bundle = load_bundle(store)
+    vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
+    out: dict[str, Any] = {"pid": os.getpid()}
+    parts: dict[str, Any] = {"store": store, "bundle": bundle, "vectors": vectors}
+    if "cf+index" in stages or evaluate:
+        models = parts["models"] = stage_candidates(store, cfg, bundle, vectors, log)
+        out["tail_index"] = {"factory": models.tail_index.factory, "ntotal": models.tail_index.ntotal}
+        out["full_index"] = {"factory": models.full_index.factory, "ntotal": models.full_index.ntotal}
+    if "rank" in stages or evaluate:
+        parts["ranker"], parts["blend"] = stage_rank(store, cfg, bundle, vectors, log)
+        out["tail_share"] = parts["blend"].get("tail_share")
+    store.update_manifest(timings=bundle.timings)
+    if evaluate:
+        if bundle.test is None:
+            raise ValueError("evaluation needs the time split; drop --no-holdout")
+        out["report"] = str(evaluate_if_changed(parts, cfg, log))
+        out["metrics"] = store.manifest().get("metrics", {}).get("ltray", {})
+    return out
 
 
 def run(cfg: Config, artifacts: str, log: Log = _print) -> Path:

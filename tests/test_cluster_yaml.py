@@ -178,7 +178,9 @@ def test_documented_job_options_fit(cluster, documented_job):
     sets, opts = documented_job
     load_config(overrides=sets)  # every documented override is a real, well-typed field
     assert opts["--artifacts"].startswith("s3://")
-    build_cpus = float(opts.get("--build-cpus", 1.0))
-    assert any(n["resources"]["CPU"] >= build_cpus for n in _workers(cluster).values())
+    # The stage task must not fit the head (CPU: 0) and must fit a worker.
+    stage_cpus = float(opts.get("--stage-cpus", 0.0))
+    assert stage_cpus > cluster["available_node_types"][cluster["head_node_type"]]["resources"].get("CPU", 0)
+    assert any(n["resources"]["CPU"] >= stage_cpus for n in _workers(cluster).values())
     assert "--working-dir" in opts and "--runtime-env-json" in opts
-    assert math.isfinite(build_cpus)
+    assert math.isfinite(float(opts["--stage-memory-gb"]))

@@ -195,6 +195,8 @@ def test_submitted_pipeline_succeeds_and_resubmitting_is_a_no_op(ray_head, tmp_p
     assert m["stages"]["eval"]["fingerprint"]
     first_logs = _logs(ray_head, first)
     assert "result: " in first_logs and "unchanged, skipped" not in first_logs
+    result = json.loads(first_logs.split("result: ", 1)[1].splitlines()[0])
+    assert result["fit_pid"] != result["driver_pid"]  # the later stages ran in a Ray task, not the driver
 
     second = f"ltray-pipeline-{uuid.uuid4().hex[:8]}"
     r = _submit(ray_head, second, ["jobs/pipeline.py", "--artifacts", str(art), *SETS])
