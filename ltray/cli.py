@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ltray.config import Config, ConfigError, load_config
@@ -52,10 +53,10 @@ def _errors_as_lines(fn):
 
             if kwargs.get("debug") or (isinstance(e, RuntimeError) and not isinstance(e, TrainError)):
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             hint = getattr(e, "hint", None)
             if hint:
-                console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
             else:
                 console.print("[yellow]hint:[/] run again with --debug for the traceback", highlight=False)
             raise typer.Exit(2) from None
@@ -133,7 +134,7 @@ def _data_opts_config(config, set_, dataset, items, interactions, item_id_col, t
 
 
 def _log(msg: str) -> None:
-    console.print(f"[cyan]>[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[cyan]>[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def _ray_init() -> None:

@@ -122,6 +122,18 @@ def test_bad_input_fails_before_anything_is_written(tmp_path):
     assert not any(p.name in ("data", "embed") for p in art.iterdir()) if art.exists() else True
 
 
+def test_error_messages_print_brackets_literally(tmp_path):
+    """Paths and hints like ``pip install 'ltray[lightfm]'`` are text, not rich markup."""
+    bad = tmp_path / "items[v2].csv"
+    bad.write_text("item_id,text\na,hello\na,again\n")
+    (tmp_path / "inter.csv").write_text("user_id,item_id,ts\nu,a,1\n")
+    r = subprocess.run([sys.executable, "-m", "ltray.cli", "fit", "--items", str(bad),
+                        "--interactions", str(tmp_path / "inter.csv"), "--artifacts", str(tmp_path / "art")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "items[v2].csv" in " ".join(r.stderr.split()), r.stderr
+
+
 @pytest.mark.slow
 def test_movielens_targets(ray_cluster, tmp_path_factory):
     """The issue's targets on MovieLens latest-small, measured by the same protocol as the baselines."""
