@@ -115,7 +115,11 @@ def main() -> None:
     ap.add_argument("--actors", type=int, nargs="+", default=[None],
                     help="Ray stage pool sizes to measure, each sharing the same CPUs (default: the stage's own "
                          "choice); e.g. --actors 2 1 compares 2 actors x 1 thread with 1 actor x 2 threads")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                    help="an embed config field for the Ray stage, e.g. --set blocks_per_actor=8 (repeatable)")
+    ap.add_argument("--fp32-only", action="store_true", help="skip the reduced-precision pass")
     args = ap.parse_args()
+    stage_sets = dict(kv.split("=", 1) for kv in args.sets)
 
     import ray
 
@@ -133,11 +137,12 @@ def main() -> None:
     if gpu and not hw.cuda_available:
         sys.exit("--device cuda: no CUDA device visible")
     low = "fp16" if gpu else ("bf16" if hw.cpu_bf16 else None)
-    precisions = ["fp32"] + ([low] if low else [])
+    precisions = ["fp32"] + ([low] if low and not args.fp32_only else [])
     dev_name = torch.cuda.get_device_name(0) if gpu else cpu_name()
     print(f"machine: {dev_name}; {threads} torch threads; torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"catalog: MovieLens latest-small, {len(items)} items; batch size {bs}; device {args.device}")
+    print(f"catalog: MovieLens latest-small, {len(items)} items; batch size {bs}; device {args.device}"
+          + (f"; stage settings {stage_sets}" if stage_sets else ""))
 
     res: dict = {"machine": dev_name, "threads": threads, "items": len(items), "batch_size": bs,
                  "device": args.device, "precisions": {}}
@@ -158,7 +163,8 @@ def main() -> None:
         r["peak_gflops"] = peak
         best = None
         for n_actors in args.actors:
-            cfg = EmbedConfig(dtype=prec, device=args.device, batch_size=bs, num_actors=n_actors)
+            cfg = EmbedConfig.model_validate({"dtype": prec, "device": args.device, "batch_size": bs,
+                                              "num_actors": n_actors, **stage_sets})
             stats, ray_vecs = ray_stage(items, cfg)
             pool = stats["pool"]
             print(f"  [{prec}] Ray stage {pool['num_actors']} actor(s) x {pool['threads']} thread(s): "
