@@ -201,20 +201,11 @@ class Recommender:
         for the final score."""
         return np.asarray(cands["tail_score"]) if self.cfg.blend.cold_order == "content" else None
 
-    def _ranked_in_chunks(self, user_ids, chunk: int = 256):
-        """(row, scored candidates) per user, as `rank_candidates` gives them, with the recall of
-        `chunk` users at a time in one ALS top-k and one FAISS search per index (one BLAS call instead of
-        one per user: at 100k items the per-user searches were most of the tuning's time)."""
-        b, gen = self.cfg.blend, self.generator
-        for lo in range(0, len(user_ids), chunk):
-            users = list(user_ids[lo:lo + chunk])
-            states = [gen.state(u) for u in users]
-            live = [j for j, st in enumerate(states) if st is not None]
-            recalled = gen.recall_parts_many([states[j] for j in live], b.n_cf, b.n_tail, b.n_bridge, b.n_cold)
-            parts = dict(zip(live, recalled, strict=True))
-            for j, u in enumerate(users):
-                cands = gen.merge_parts(states[j], parts.get(j, []), b.n_cf + b.n_tail)
-                yield lo + j, self.score_candidates(u, states[j], cands)
+    def _ranked_in_chunks(self, user_ids):
+        """(row, scored candidates) per user, as `rank_candidates` gives them, recalled in chunks."""
+        states = [self.generator.state(u) for u in user_ids]
+        for r, cands in enumerate(self.generator.candidate_columns_many(states)):
+            yield r, self.score_candidates(user_ids[r], states[r], cands)
 
     def recommend_rows(self, user_ids, k: int, settings=((None, None, None),)) -> dict[tuple, np.ndarray]:
         """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share, cold_share).

@@ -89,7 +89,9 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         f"tail share is chosen on {len(tune_users)} others")
 
     with single_threaded():
-        cands = pd.concat([gen.candidates(gen.state(u)).assign(user_id=u) for u in train_users], ignore_index=True)
+        states = [gen.state(u) for u in train_users]
+        cands = pd.concat([pd.DataFrame(c).assign(user_id=u) for u, c in
+                           zip(train_users, gen.candidate_columns_many(states), strict=True)], ignore_index=True)
     pos = valid[valid["user_id"].isin(set(train_users))].copy()
     pos["item_idx"] = gen.item_rows(pos["item_id"].to_numpy())
     pos = pos[pos["item_idx"] >= 0][["user_id", "item_idx", "ts"]]

@@ -77,3 +77,22 @@ def test_batched_recall_equals_one_user_at_a_time(fitted):
         for (_, ids_b, sc_b), (_, ids_a, sc_a) in zip(batched, alone, strict=True):
             np.testing.assert_array_equal(ids_b, ids_a)
             np.testing.assert_allclose(sc_b, sc_a, rtol=1e-5, atol=1e-6)
+
+
+def test_candidates_in_chunks_equal_one_user_at_a_time(fitted):
+    """The offline loops recall users in chunks: each user's candidate columns must not change."""
+    models, cfg = fitted
+    gen = CandidateGenerator(models, cfg)
+    states = [gen.state(u) for u in models.user_ids[:11]]
+    states.insert(4, None)  # an unknown user gets the fallback, wherever it sits in a chunk
+    chunked = list(gen.candidate_columns_many(states, chunk=5))
+    assert len(chunked) == len(states)
+    for st, cols in zip(states, chunked, strict=True):
+        alone = gen.candidate_columns(st)
+        assert cols.keys() == alone.keys()
+        np.testing.assert_array_equal(cols["item_idx"], alone["item_idx"])
+        for c in alone:
+            if np.asarray(alone[c]).dtype.kind == "f":
+                np.testing.assert_allclose(cols[c], alone[c], rtol=1e-5, atol=1e-6, err_msg=c)
+            else:
+                np.testing.assert_array_equal(cols[c], alone[c], err_msg=c)
