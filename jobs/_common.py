@@ -203,9 +203,8 @@ def fit_on_worker(args: JobArgs, store: ArtifactStore, stages: tuple[str, ...], 
     """``pipeline.fit_from_store`` in a task (``--stage-cpus``, ``--stage-memory-gb``); its log lines print live."""
     from ltray import pipeline as p
 
-    opts = args.options
     return on_worker(p.fit_from_store, args.cfg, args.artifacts, stages, evaluate, store=store,
-                     cpus=getattr(opts, "stage_cpus", 0.0), memory_gb=getattr(opts, "stage_memory_gb", None))
+                     cpus=args.options.stage_cpus, memory_gb=args.options.stage_memory_gb)
 
 
 def stage_versions(store: ArtifactStore) -> dict[str, str]:
