@@ -146,7 +146,7 @@ class _BatchedRanking:
         feats = self.ranking.features(user_id, state, cands)
         probs = None if feats is None else await self._forward_batched(feats)
         top = self.ranking.finish(state, cands, probs, k, tail_share)
-        share = self.ranking.default_tail_share if tail_share is None else tail_share
+        share = self.ranking.applied_tail_share(state, tail_share)
         return Ranked(top, share, self.ranking.version)
 
 
@@ -271,7 +271,7 @@ class Pipeline(_BatchedRanking):
         out = []
         for (user_id, k, share, _, _), recall, cand, f in zip(requests, recalls, cands, feats, strict=True):
             top = self.ranking.finish(recall.state, cand.table, None if f is None else next(probs), k, share)
-            share = self.ranking.default_tail_share if share is None else share
+            share = self.ranking.applied_tail_share(recall.state, share)
             out.append(recommendation(user_id, recall, cand, top, share, self.ranking.version))
         return out
 

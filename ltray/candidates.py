@@ -38,6 +38,7 @@ class UserState:
     seen: np.ndarray            # item rows to exclude
     n: float = 0.0              # training interactions
     last_ts: int = 0
+    tail_affinity: float = 0.0  # share of the history outside the head (scales per-user quotas)
 
 
 @dataclass
@@ -64,6 +65,31 @@ class CandidateModels:
     @property
     def user_ids(self) -> np.ndarray:
         return self.als.user_ids
+
+    @property
+    def user_tail_affinity(self) -> np.ndarray:
+        """Per user: the share of their distinct training items outside the head (0 without history).
+        Derived from the seen matrix and the segments, so every run folder has it."""
+        cached = self.__dict__.get("_user_tail_affinity")
+        if cached is None:
+            seen = self.als.seen
+            off_head = (self.item_segment != SEGMENT_CODES[HEAD]).astype(np.float64)
+            n = np.diff(seen.indptr)
+            hits = np.bincount(np.repeat(np.arange(len(n)), n), weights=off_head[seen.indices], minlength=len(n))
+            cached = (hits / np.maximum(n, 1)).astype(np.float32)
+            self.__dict__["_user_tail_affinity"] = cached
+        return cached
+
+    @property
+    def mean_tail_affinity(self) -> float:
+        """The average user's tail affinity (users with a history): per-user quotas are relative to it."""
+        a = self.user_tail_affinity[np.diff(self.als.seen.indptr) > 0]
+        return float(a.mean()) if len(a) else 0.0
+
+    def tail_affinity_of(self, rows: np.ndarray) -> float:
+        """The tail affinity of a history given as item rows (session users, folded-in items)."""
+        rows = np.unique(np.asarray(rows, np.int64))
+        return float(np.mean(self.item_segment[rows] != SEGMENT_CODES[HEAD])) if len(rows) else 0.0
 
     @classmethod
     def fit(cls, train: pd.DataFrame, item_ids: np.ndarray, item_vectors: np.ndarray, item_segment: np.ndarray,
@@ -172,17 +198,18 @@ class CandidateGenerator:
         if row is not None:
             seen = self.m.als.seen[row].indices
             st = UserState(self.m.als.user_factors[row], self.m.user_profiles[row], self.m.user_recent[row],
-                           seen, float(self.m.user_n[row]), int(self.m.user_last_ts[row]))
+                           seen, float(self.m.user_n[row]), int(self.m.user_last_ts[row]),
+                           float(self.m.user_tail_affinity[row]))
             if len(extra):
                 hist = np.concatenate([extra, st.recent])
-                st = UserState(self.m.als.fold_in(np.unique(np.concatenate([seen, extra]))),
-                               _profile(self.m.item_vectors, hist), hist, np.union1d(seen, extra),
-                               st.n + len(extra), self.m.now_ts)
+                both = np.union1d(seen, extra)
+                st = UserState(self.m.als.fold_in(both), _profile(self.m.item_vectors, hist), hist, both,
+                               st.n + len(extra), self.m.now_ts, self.m.tail_affinity_of(both))
             return st
         if not len(extra):
             return None
         return UserState(self.m.als.fold_in(np.unique(extra)), _profile(self.m.item_vectors, extra), extra,
-                         np.unique(extra), float(len(extra)), self.m.now_ts)
+                         np.unique(extra), float(len(extra)), self.m.now_ts, self.m.tail_affinity_of(extra))
 
     # -- candidates ---------------------------------------------------------------
     def candidates(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,

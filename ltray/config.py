@@ -192,6 +192,13 @@ class BlendConfig(_Section):
     ranker_weight: float | None = Field(
         None, ge=0, description="score = ALS z-score + w x ranker logit; None = chosen on validation")
     method: Literal["quota", "boost"] = "quota"
+    quota_by: Literal["uniform", "affinity"] | None = Field(
+        None, description="how the tail and cold quotas spread over users: uniform (every list gets the same "
+        "share) or affinity (a user's shares scale with the share of their own history outside the head, "
+        "relative to the average user: explorers get more long tail, head-only users less); None = chosen on "
+        "validation")
+    max_user_share: float = Field(0.5, gt=0, le=1, description="affinity: most of one list that the tail and "
+                                  "cold quotas together may take")
     cold_order: Literal["content", "score"] = Field(
         "content", description="which cold items fill the cold quota: the closest in text to the user's "
         "interests (content), or the best final score (score; the ranker never sees a cold positive)")
@@ -244,6 +251,7 @@ class EvalConfig(_Section):
     tail_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
     cold_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25)
     ranker_weight_grid: tuple[float, ...] = (0.0, 1.0, 8.0, 32.0)
+    quota_by_grid: tuple[Literal["uniform", "affinity"], ...] = ("uniform", "affinity")
     baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
     tune: bool = Field(True, description="grid-search every baseline on a validation split carved from train")
     tune_metric: str = Field("Recall@20", description="what baseline tuning maximises on validation")

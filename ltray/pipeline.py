@@ -185,7 +185,8 @@ def load_recommender(artifacts: str | Path, cfg: Config | None = None, faiss_ind
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
     explainer = Explainer(titles, item_keywords(items["text"].tolist()))
     rec = Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"), explainer=explainer,
-                      ranker_weight=blend.get("ranker_weight"), cold_share=blend.get("cold_share"))
+                      ranker_weight=blend.get("ranker_weight"), cold_share=blend.get("cold_share"),
+                      quota_by=blend.get("quota_by"))
     rec.version = store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
     return rec
 

@@ -6,6 +6,7 @@ Serve, so offline numbers describe the service.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +86,7 @@ class Recommender:
 
     def __init__(self, models: CandidateModels, ranker: Ranker | None, cfg: Config,
                  tail_share: float | None = None, explainer: Explainer | None = None,
-                 ranker_weight: float | None = None, cold_share: float | None = None):
+                 ranker_weight: float | None = None, cold_share: float | None = None, quota_by: str | None = None):
         self.models = models
         self.generator = CandidateGenerator(models, cfg)
         self.ranker = ranker
@@ -95,7 +96,24 @@ class Recommender:
         self.cold_share = cfg.blend.cold_share if cfg.blend.cold_share is not None else (cold_share or 0.0)
         w = cfg.blend.ranker_weight if cfg.blend.ranker_weight is not None else ranker_weight
         self.ranker_weight = 1.0 if w is None else float(w)
+        self.quota_by = cfg.blend.quota_by or quota_by or "uniform"
+        self._mean_affinity: float | None = None  # the average user's tail affinity, on first use
         self.explainer = explainer
+
+    def shares_for(self, state: UserState | None, tail_share: float | None = None, cold_share: float | None = None,
+                   quota_by: str | None = None) -> tuple[float, float]:
+        """(tail share, cold share) of this user's list. `affinity` scales both by the user's tail affinity
+        over the average user's, capped so that together they take at most blend.max_user_share."""
+        ts = self.tail_share if tail_share is None else float(tail_share)
+        cs = self.cold_share if cold_share is None else float(cold_share)
+        if (quota_by or self.quota_by) != "affinity" or state is None or not ts + cs:
+            return ts, cs
+        if self._mean_affinity is None:
+            self._mean_affinity = self.models.mean_tail_affinity
+        mean = self._mean_affinity
+        w = state.tail_affinity / mean if mean > 0 else 1.0
+        w = min(w, self.cfg.blend.max_user_share / (ts + cs))
+        return ts * w, cs * w
 
     # -- scoring --------------------------------------------------------------------
     def score(self, user_id: str, state: UserState | None, cands: Cands) -> np.ndarray:
@@ -153,8 +171,7 @@ class Recommender:
         """The user's state and scored candidate columns (see `score_candidates`)."""
         state = self.generator.state(user_id, recent_items)
         if state is not None and not exclude_seen:
-            state = UserState(state.factor, state.profile, state.recent, np.zeros(0, np.int64), state.n,
-                              state.last_ts)
+            state = dataclasses.replace(state, seen=np.zeros(0, np.int64))
         cands = self.generator.candidate_columns(state)
         return state, self.score_candidates(user_id, state, cands)
 
@@ -183,10 +200,11 @@ class Recommender:
     def top_k_columns(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
                       explain: bool = True) -> Columns:
         """`top_k` as plain columns (item_id, item_idx, score, segment, source[, reason]); Serve's ranker."""
-        share = self.tail_share if tail_share is None else tail_share
+        # A share asked for is taken as asked: that list's quotas are not scaled by the user's affinity.
+        share, cold = self.shares_for(state, tail_share, None, None if tail_share is None else "uniform")
         score = np.asarray(cands["score"])
         pos, boosted = blend_positions(score, np.asarray(cands["segment"]), k, share, self.cfg.blend.method,
-                                       self.cold_share, self.cold_score(cands))
+                                       cold, self.cold_score(cands))
         item_idx = np.asarray(cands["item_idx"], np.int64)[pos]
         out = {"item_id": self.models.item_ids[item_idx], "item_idx": item_idx,
                "score": score[pos] if boosted is None else boosted,
@@ -202,13 +220,14 @@ class Recommender:
         return np.asarray(cands["tail_score"]) if self.cfg.blend.cold_order == "content" else None
 
     def _ranked_in_chunks(self, user_ids):
-        """(row, scored candidates) per user, as `rank_candidates` gives them, recalled in chunks."""
+        """(row, state, scored candidates) per user, as `rank_candidates` gives them, recalled in chunks."""
         states = [self.generator.state(u) for u in user_ids]
         for r, cands in enumerate(self.generator.candidate_columns_many(states)):
-            yield r, self.score_candidates(user_ids[r], states[r], cands)
+            yield r, states[r], self.score_candidates(user_ids[r], states[r], cands)
 
-    def recommend_rows(self, user_ids, k: int, settings=((None, None, None),)) -> dict[tuple, np.ndarray]:
-        """Batch form for evaluation: one (n_users, k) item-row array per (ranker_weight, tail_share, cold_share).
+    def recommend_rows(self, user_ids, k: int, settings=((None, None, None, None),)) -> dict[tuple, np.ndarray]:
+        """Batch form for evaluation: one (n_users, k) item-row array per setting (ranker_weight, tail_share,
+        cold_share, quota_by).
 
         Candidates are generated and scored once per user; None means the Recommender's own value.
         """
@@ -218,14 +237,14 @@ class Recommender:
         return out
 
     def _fill_rows(self, out: dict[tuple, np.ndarray], user_ids, k: int, settings) -> None:
-        for r, cands in self._ranked_in_chunks(user_ids):
-            for w, share, cold in settings:
+        for r, state, cands in self._ranked_in_chunks(user_ids):
+            for w, share, cold, quota_by in settings:
                 weight = self.ranker_weight if w is None else w
+                ts, cs = self.shares_for(state, share, cold, quota_by)
                 pos, _ = blend_positions(combine(cands["cf_z"], cands["ranker_logit"], weight), cands["segment"], k,
-                                         self.tail_share if share is None else share, self.cfg.blend.method,
-                                         self.cold_share if cold is None else cold, self.cold_score(cands))
+                                         ts, self.cfg.blend.method, cs, self.cold_score(cands))
                 rows = cands["item_idx"][pos]
-                out[(w, share, cold)][r, : len(rows)] = rows
+                out[(w, share, cold, quota_by)][r, : len(rows)] = rows
 
 
 def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:

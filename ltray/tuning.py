@@ -112,24 +112,26 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
     shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
     colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
-    settings = [(float(w), float(s), float(c)) for w in weights for s in shares for c in colds]
+    quotas = (cfg.blend.quota_by,) if cfg.blend.quota_by is not None else cfg.eval.quota_by_grid
+    settings = [(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds for q in quotas
+                if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
     lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
     held = held_out_rows(gen, valid, tune_users)
     cf_metrics = evaluate(cf_only_rows(models, gen, tune_users, TUNE_K), held, models.item_segment,
                           models.item_pop, ks=(TUNE_K,))
     curve = []
-    for w, s, c in settings:
-        m = evaluate(lists[(w, s, c)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-        curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c,
+    for w, s, c, q in settings:
+        m = evaluate(lists[(w, s, c, q)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+        curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c, "quota_by": q,
                       **{k: float(v) for k, v in m.items() if "@" in k}})
     chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                objective=cfg.eval.long_tail_objective)
     log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
-        f"cold_share {chosen['cold_share']:.2f} "
+        f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} "
         f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
         f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
     blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
-             "ranker_weight": chosen["ranker_weight"], "chosen_on": "validation",
+             "ranker_weight": chosen["ranker_weight"], "quota_by": chosen["quota_by"], "chosen_on": "validation",
              "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "
                       f"{_OBJECTIVES[cfg.eval.long_tail_objective]}) with Recall@{TUNE_K} >= "
                       f"(1 - {cfg.eval.max_recall_loss}) x CF-only"),

@@ -96,3 +96,29 @@ def test_candidates_in_chunks_equal_one_user_at_a_time(fitted):
                 np.testing.assert_allclose(cols[c], alone[c], rtol=1e-5, atol=1e-6, err_msg=c)
             else:
                 np.testing.assert_array_equal(cols[c], alone[c], err_msg=c)
+
+
+def test_tail_affinity_is_each_users_share_of_distinct_items_outside_the_head(fitted, small_synthetic):
+    models, _ = fitted
+    train, _ = temporal_holdout(small_synthetic.interactions, 0.2, 5)
+    row = {it: i for i, it in enumerate(models.item_ids)}
+    by_user = train.groupby("user_id")["item_id"].apply(lambda s: sorted({row[i] for i in s}))
+    expect = np.array([np.mean(models.item_segment[by_user[u]] != SEGMENT_CODES["head"])
+                       for u in models.user_ids])
+    np.testing.assert_allclose(models.user_tail_affinity, expect, rtol=1e-6)
+    assert expect.std() > 0.05  # users differ, or the quotas would not spread
+    assert models.mean_tail_affinity == pytest.approx(expect.mean(), rel=1e-6)
+
+
+def test_state_carries_the_affinity_of_the_history_it_describes(fitted):
+    models, cfg = fitted
+    gen = CandidateGenerator(models, cfg)
+    user = models.user_ids[0]
+    assert gen.state(user).tail_affinity == pytest.approx(float(models.user_tail_affinity[0]))
+    head = np.flatnonzero(models.item_segment == SEGMENT_CODES["head"])[:4]
+    tail = np.flatnonzero(models.item_segment == SEGMENT_CODES["tail"])[:4]
+    session = gen.state("someone-new", list(models.item_ids[np.concatenate([head, tail[:1]])]))
+    assert session.tail_affinity == pytest.approx(1 / 5)
+    folded = gen.state(user, list(models.item_ids[tail]))  # new items join the known history
+    both = np.union1d(gen.state(user).seen, tail)
+    assert folded.tail_affinity == pytest.approx(np.mean(models.item_segment[both] != SEGMENT_CODES["head"]))

@@ -87,12 +87,13 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
     _, art, _, _ = synthetic_run
     rec = load_recommender(art)
     users = np.array([*rec.models.user_ids[:300], "nobody-knows-me"])
-    rows = rec.recommend_rows(users, 20, settings=[(None, None, None), (None, 0.4, None)])
+    own, asked = (None, None, None, None), (None, 0.4, None, "uniform")  # a share asked for is not scaled
+    rows = rec.recommend_rows(users, 20, settings=[own, asked])
     for r, u in enumerate(users):
         alone = rec.recommend(u, k=20, explain=False)["item_idx"].to_numpy()
-        np.testing.assert_array_equal(rows[(None, None, None)][r, : len(alone)], alone, err_msg=u)
+        np.testing.assert_array_equal(rows[own][r, : len(alone)], alone, err_msg=u)
         shared = rec.recommend(u, k=20, tail_share=0.4, explain=False)["item_idx"].to_numpy()
-        np.testing.assert_array_equal(rows[(None, 0.4, None)][r, : len(shared)], shared, err_msg=u)
+        np.testing.assert_array_equal(rows[asked][r, : len(shared)], shared, err_msg=u)
 
 
 def test_fit_and_recommend_cli_for_listed_users(ray_cluster, tmp_path, small_synthetic):
@@ -163,9 +164,10 @@ def test_movielens_targets(ray_cluster, tmp_path_factory):
     metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
     ours, als = metrics["ltray"], metrics["ALS"]
     print(json.dumps({k: {m: round(v, 4) for m, v in t.items() if "@20" in m} for k, t in metrics.items()}))
-    # The operating point keeps ALS's accuracy (the validation rule's 2% budget, plus 1 point of
-    # sampling noise on 610 users) and puts tail items in front of users that ALS never shows them.
-    assert ours["Recall@20"] >= (1 - cfg.eval.max_recall_loss) * als["Recall@20"] - 0.01
+    # The targets: ALS's accuracy kept, and tail and cold items in front of users that ALS never
+    # shows them (validation picks the operating point; test is only read here).
+    assert ours["Recall@20"] >= max(0.119, als["Recall@20"])
     assert ours["TailRecall@20"] >= 0.015 > als["TailRecall@20"]
-    assert ours["Coverage@20"] > 1.5 * als["Coverage@20"]
-    assert ours["NDCG@20"] >= 0.9 * als["NDCG@20"]
+    assert ours["ColdRecall@20"] >= 0.015 > als["ColdRecall@20"]
+    assert ours["Coverage@20"] >= 0.22
+    assert ours["NDCG@20"] >= als["NDCG@20"]

@@ -156,3 +156,29 @@ def test_balanced_objective_keeps_both_kinds_of_long_tail():
     balanced = choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, objective="balanced")
     assert (balanced["tail_share"], balanced["cold_share"]) == (0.1, 0.1)
     assert long_tail_value(curve[0], "balanced") == 0.0 and long_tail_value(curve[0], "sum") == pytest.approx(0.04)
+
+
+def test_affinity_quotas_scale_with_the_users_history_and_stop_at_the_cap(small_config):
+    from types import SimpleNamespace
+
+    from ltray.candidates import UserState
+    from ltray.recommend import Recommender
+
+    # shares_for reads only the config, its own shares and the average affinity of the models.
+    rec = Recommender.__new__(Recommender)
+    rec.cfg, rec.tail_share, rec.cold_share, rec.quota_by = small_config, 0.2, 0.1, "affinity"
+    rec.models, rec._mean_affinity = SimpleNamespace(mean_tail_affinity=0.25), None
+    z = np.zeros(2, np.float32)
+
+    def user(affinity):
+        return UserState(z, z, np.zeros(0, np.int64), np.zeros(0, np.int64), tail_affinity=affinity)
+
+    assert rec.shares_for(user(0.25)) == pytest.approx((0.2, 0.1))       # the average user: the shares as set
+    assert rec.shares_for(user(0.125)) == pytest.approx((0.1, 0.05))     # half the affinity: half the slots
+    assert rec.shares_for(user(0.0)) == (0.0, 0.0)                       # head-only history: none
+    cap = small_config.blend.max_user_share
+    assert sum(rec.shares_for(user(1.0))) == pytest.approx(cap)          # 4x the average, capped
+    assert rec.shares_for(user(1.0))[0] / rec.shares_for(user(1.0))[1] == pytest.approx(2.0)
+    assert rec.shares_for(user(0.125), quota_by="uniform") == (0.2, 0.1)
+    assert rec.shares_for(None) == (0.2, 0.1)                            # nothing known of the user: uniform
+    assert rec.shares_for(user(0.125), tail_share=0.4, cold_share=0.0) == pytest.approx((0.2, 0.0))

@@ -135,6 +135,15 @@ def test_unknown_user_gets_the_declared_fallback(server, recommender):
     assert [it["item_id"] for it in body["items"]] == expected["item_id"].tolist()
 
 
+def test_answer_reports_the_share_this_users_list_was_blended_with(server, recommender):
+    """Without a share in the request, the answer's tail_share is the operating point's share for this
+    user (under quota_by=affinity it follows the user's history, so users differ)."""
+    for user in _known_users(recommender)[:5]:
+        body = server.post("/recommend", json={"user_id": user, "k": 20}).json()
+        expected = recommender.shares_for(recommender.generator.state(user))[0]
+        assert body["tail_share"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_tail_share_changes_the_served_tail_share(server, recommender):
     shares = {}
     for ask in (0.0, 0.5, 1.0):
@@ -392,7 +401,8 @@ def _second_run(src: str, dest: Path, tail_share: float) -> str:
             if not f.name.startswith("."):
                 (shutil.copytree if f.is_dir() else shutil.copy2)(f, w.path / f.name)
         blend = json.loads((old / "blend.json").read_text())
-        (w.path / "blend.json").write_text(json.dumps({**blend, "tail_share": tail_share}))
+        # Uniform quotas: every answer then reports this very share (affinity would scale it per user).
+        (w.path / "blend.json").write_text(json.dumps({**blend, "tail_share": tail_share, "quota_by": "uniform"}))
     return str(dest)
 
 

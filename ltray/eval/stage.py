@@ -102,22 +102,24 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
     rec = Recommender(models, ranker, cfg, tail_share=blend_choice["tail_share"],
                       explainer=Explainer(titles, item_keywords(items["text"].tolist())),
-                      ranker_weight=blend_choice.get("ranker_weight"), cold_share=blend_choice.get("cold_share"))
+                      ranker_weight=blend_choice.get("ranker_weight"), cold_share=blend_choice.get("cold_share"),
+                      quota_by=blend_choice.get("quota_by"))
     test = bundle.test
     users = np.array([u for u in np.unique(test["user_id"].astype(str)) if rec.generator.user_row(u) is not None])
     upos = {u: i for i, u in enumerate(users)}
     test_csr = _csr(test, upos, rec.generator.item_rows(test["item_id"].to_numpy()), len(bundle.item_ids))
     grid = tuple(cfg.eval.tail_share_grid)
     t_rec = time.perf_counter()
-    lists = rec.recommend_rows(users, K_MAX, settings=[(None, None, None), *((None, s, None) for s in grid)])
+    own = (None, None, None, None)
+    lists = rec.recommend_rows(users, K_MAX, settings=[own, *((None, s, None, None) for s in grid)])
     rec_seconds = time.perf_counter() - t_rec
     seg, pop = models.item_segment, models.item_pop
     ks = tuple(cfg.eval.ks)
-    ours = lists[(None, None, None)]
+    ours = lists[own]
     table = {"ltray": evaluate(ours, test_csr, seg, pop, ks=ks)}
     curve = []
     for s in grid:
-        m = evaluate(lists[(None, s, None)], test_csr, seg, pop, ks=(K_MAX,))
+        m = evaluate(lists[(None, s, None, None)], test_csr, seg, pop, ks=(K_MAX,))
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
     base_lists = run_baselines(bundle, vectors, cfg, users, test_csr, log)
@@ -131,7 +133,8 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     notes = [
         f"Operating point: tail_share={blend_choice['tail_share']:.2f}, "
         f"cold_share={blend_choice.get('cold_share', 0.0):.2f}, "
-        f"ranker_weight={blend_choice.get('ranker_weight', 1.0):g}, chosen on a validation split "
+        f"ranker_weight={blend_choice.get('ranker_weight', 1.0):g}, "
+        f"quotas by {blend_choice.get('quota_by') or 'uniform'}, chosen on a validation split "
         f"({blend_choice.get('rule', '')}).",
         f"ltray recommended for {len(users)} users in {rec_seconds:.1f}s "
         f"({len(users) / max(rec_seconds, 1e-9):.0f} users/s, all tail shares at once).",
