@@ -13,7 +13,7 @@ On the MovieLens catalog (9,742 items; ``--quick``: the first 1,000), in one run
 
 ``--device cuda`` runs the GPU path (fp16) instead: plain loop, stage, share of peak.
 
-    .venv/bin/python benchmarks/embed_throughput.py [--quick] [--device cpu|cuda] [--json out.json]
+    .venv/bin/python benchmarks/embed_throughput.py [--quick] [--device cpu|cuda] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="an embed config field for the Ray stage, e.g. --set blocks_per_actor=8 (repeatable)")
     ap.add_argument("--fp32-only", action="store_true", help="skip the reduced-precision pass")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved plain/Ray pairs per precision; the "
+                    "median pair is reported (default 3)")
     args = ap.parse_args()
     stage_sets = dict(kv.split("=", 1) for kv in args.sets)
 
@@ -157,21 +159,30 @@ def main() -> None:
         r = {"peak_gflops": peak, "useful_tokens_per_item": float(lengths.mean()),
              "gflop_per_item": flops_per_item / 1e9}
         r["plain_unsorted"], r["plain_unsorted_per_cpu_s"], _ = plain_loop(enc, texts, sort=False, bs=bs)
-        r["plain_sorted"], r["plain_sorted_per_cpu_s"], vecs = plain_loop(enc, texts, sort=True, bs=bs)
+        # Plain loop and Ray stage run in interleaved pairs; the pair with the median ratio is reported,
+        # so a neighbour's burst on a shared host skews one pair, not the verdict.
+        pairs = []
+        for rep in range(args.repeats):
+            plain_ips, plain_cpu, vecs = plain_loop(enc, texts, sort=True, bs=bs)
+            best = None
+            for n_actors in args.actors:
+                cfg = EmbedConfig.model_validate({"dtype": prec, "device": args.device, "batch_size": bs,
+                                                  "num_actors": n_actors, **stage_sets})
+                stats, ray_vecs = ray_stage(items, cfg)
+                pool = stats["pool"]
+                print(f"  [{prec}] pair {rep + 1}: plain sorted {plain_ips:.1f} items/s; Ray stage "
+                      f"{pool['num_actors']} actor(s) x {pool['threads']} thread(s) "
+                      f"{stats['items_per_s_excl_startup']:.1f} items/s start-up excluded "
+                      f"({stats['items_per_s_excl_startup'] / plain_ips:.3f}x)")
+                if best is None or stats["items_per_s_excl_startup"] > best[0]["items_per_s_excl_startup"]:
+                    best = (stats, ray_vecs)
+            pairs.append((best[0]["items_per_s_excl_startup"] / plain_ips, plain_ips, plain_cpu, vecs, *best))
         del enc
+        pairs.sort(key=lambda p: p[0])
+        _, r["plain_sorted"], r["plain_sorted_per_cpu_s"], vecs, stats, ray_vecs = pairs[(len(pairs) - 1) // 2]
+        r["pair_ratios"] = [round(p[0], 4) for p in pairs]
         peak = max(peak, matmul_peak(prec, args.device))  # best of two: the machine may be shared
         r["peak_gflops"] = peak
-        best = None
-        for n_actors in args.actors:
-            cfg = EmbedConfig.model_validate({"dtype": prec, "device": args.device, "batch_size": bs,
-                                              "num_actors": n_actors, **stage_sets})
-            stats, ray_vecs = ray_stage(items, cfg)
-            pool = stats["pool"]
-            print(f"  [{prec}] Ray stage {pool['num_actors']} actor(s) x {pool['threads']} thread(s): "
-                  f"{stats['items_per_s_excl_startup']:.1f} items/s start-up excluded")
-            if best is None or stats["items_per_s_excl_startup"] > best[0]["items_per_s_excl_startup"]:
-                best = (stats, ray_vecs)
-        stats, ray_vecs = best
         r["ray_with_startup"] = stats["items_per_s"]
         r["ray_excl_startup"] = stats["items_per_s_excl_startup"]
         r["ray_startup_s"] = stats["startup_seconds"]
@@ -197,6 +208,7 @@ def main() -> None:
         for name, ips in rows:
             print(f"  {name:52s} {ips:8.1f} items/s  {gf(ips):7.1f} GFLOP/s  {gf(ips) / peak:6.1%} of peak")
         print(f"  actor start-up {r['ray_startup_s']:.1f} s; stage vs plain min cosine {r['ray_vs_plain_cos_min']:.6f}")
+        print(f"  Ray / plain sorted over {len(pairs)} interleaved pairs: {r['pair_ratios']} (median reported)")
         print(f"  ratio Ray (excl. start-up) / plain sorted: {r['ray_excl_startup'] / r['plain_sorted']:.3f}; "
               f"/ plain unsorted: {r['ray_excl_startup'] / r['plain_unsorted']:.3f}; "
               f"with start-up / plain sorted: {r['ray_with_startup'] / r['plain_sorted']:.3f}")
@@ -221,7 +233,7 @@ def main() -> None:
           f"{verdict(cpu_ratio >= TARGET_RAY_RATIO)}")
     print(f"  >= {TARGET_PEAK_SHARE:.0%} of fp32 matmul peak, useful tokens: plain sorted {share:.1%}, "
           f"Ray stage {share_ray:.1%}  {verdict(max(share, share_ray) >= TARGET_PEAK_SHARE)}")
-    if low:
+    if low and low in res["precisions"]:
         lo = res["precisions"][low]
         speed = lo["ray_excl_startup"] / f32["ray_excl_startup"]
         cos = lo["min_cosine_to_fp32"]

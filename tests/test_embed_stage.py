@@ -20,6 +20,7 @@ from ltray.embed.stage import (
     actor_pool_spec,
     embed_items,
     item_keys,
+    length_stratum,
     load_embeddings,
     prepare_items,
     previous_keys,
@@ -231,3 +232,15 @@ def test_one_row_group_is_cut_into_a_block_per_actor_share(ray_cluster, items, t
     assert ds.num_blocks() == -(-len(items) // 25)
     got = ds.to_pandas()
     assert sorted(got["item_id"]) == sorted(items["item_id"]) and (got.groupby("item_id").size() == 1).all()
+
+
+@pytest.mark.parametrize("n, parts", [(10, 3), (9742, 8), (5, 5), (3, 1)])
+def test_length_strata_cover_every_row_once_longest_first(n, parts):
+    rng = np.random.default_rng(n)
+    texts = pa.array(["x" * int(k) for k in rng.integers(0, 80, n)] [:-1] + [None])
+    strata = [length_stratum(texts, j, parts) for j in range(parts)]
+    np.testing.assert_array_equal(np.sort(np.concatenate(strata)), np.arange(n))
+    lengths = np.array([len(t or "") for t in texts.to_pylist()])
+    for longer, shorter in zip(strata, strata[1:], strict=False):
+        assert lengths[longer].min() >= lengths[shorter].max()
+    assert max(map(len, strata)) - min(map(len, strata)) <= 1

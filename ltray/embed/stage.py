@@ -410,9 +410,16 @@ def _scan(source: Path, cfg: EmbedConfig, sig: dict[str, Any], previous_dir: Pat
     return new_keys, old_keys if carried else None, summary, carried
 
 
-def _read_row_groups(ray, files: list[Path], columns: list[str], pin: dict[str, Any], slice_rows: int | None = None):
+def _read_row_groups(ray, files: list[Path], columns: list[str], pin: dict[str, Any], slice_rows: int | None = None,
+                     by_length: bool = False):
     """A Dataset of Parquet row groups (or slices of at most ``slice_rows`` of them), read by CPU-less
     tasks on this node: each slice is one block.
+
+    ``by_length``: a row group's slices are length strata, not runs of rows: slice j holds the j-th
+    share of the group's rows ranked by text length, longest first. Every actor call then holds texts
+    of about one length, so its forward passes pad about as little as a loop over the whole group
+    sorted by length (MovieLens, 8 slices: 1.058 -> 1.010 padded tokens per useful one), and the
+    costliest blocks start first, so no actor is left with a long one at the end.
 
     Not ``ray.data.read_parquet``: its file-listing task needs a CPU, and an actor pool holding every
     CPU would then wait on it forever. The blocks must be many enough for every actor: a block goes
@@ -425,7 +432,12 @@ def _read_row_groups(ray, files: list[Path], columns: list[str], pin: dict[str, 
         for i in range(meta.num_row_groups):
             n = meta.row_group(i).num_rows
             step = max(1, slice_rows or n)
-            frags += [{"file": str(f), "rg": i, "offset": lo, "rows": min(step, n - lo)} for lo in range(0, n, step)]
+            if by_length:
+                parts = max(1, math.ceil(n / step))
+                frags += [{"file": str(f), "rg": i, "part": j, "parts": parts} for j in range(parts)]
+            else:
+                frags += [{"file": str(f), "rg": i, "offset": lo, "rows": min(step, n - lo)}
+                          for lo in range(0, n, step)]
     return ray.data.from_items(frags, override_num_blocks=max(1, len(frags))).map_batches(
         _read_fragment, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": columns}, **pin)
 
@@ -435,7 +447,8 @@ def todo_blocks(ray, source: Path, cfg: EmbedConfig, block_rows: int, old_keys: 
     """The catalog rows still to encode, prepared, as blocks of at most block_rows (one per read slice)."""
     # batch_size=None: one call per read slice. A row count here would fuse with the read and bundle
     # that many *slices* into one task, i.e. one block for the whole catalog.
-    return (_read_row_groups(ray, _parquet_files(source), ["item_id", "text"], pin, slice_rows=block_rows)
+    return (_read_row_groups(ray, _parquet_files(source), ["item_id", "text"], pin, slice_rows=block_rows,
+                             by_length=True)
             .map_batches(_prepare_todo, batch_format="pyarrow", batch_size=None, **pin,
                          fn_kwargs={"fill": cfg.empty_text_fill,
                                     "old_keys": [old_keys] if old_keys is not None else None}))
@@ -444,7 +457,18 @@ def todo_blocks(ray, source: Path, cfg: EmbedConfig, block_rows: int, old_keys: 
 def _read_fragment(batch: pa.Table, columns: list[str]) -> pa.Table:
     row = batch.to_pylist()[0]
     table = pq.ParquetFile(row["file"]).read_row_group(row["rg"], columns=columns)
-    return table.slice(row["offset"], row["rows"])
+    if "parts" not in row:
+        return table.slice(row["offset"], row["rows"])
+    return table.take(length_stratum(table.column("text"), row["part"], row["parts"]))
+
+
+def length_stratum(texts: pa.ChunkedArray | pa.Array, part: int, parts: int) -> np.ndarray:
+    """Row positions of the part-th of `parts` equal shares of `texts` ranked by length, longest first
+    (ties in row order); the parts cover every row once."""
+    lengths = pc.utf8_length(pc.fill_null(texts, "")).to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    n = len(order)
+    return np.sort(order[part * n // parts:(part + 1) * n // parts])
 
 
 def _overlap(new_keys: np.ndarray, old_keys: np.ndarray | None) -> int:
