@@ -50,7 +50,7 @@ def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.nda
     return out
 
 
-def long_tail_value(point: dict[str, float], objective: str = "sum", k: int = TUNE_K) -> float:
+def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int = TUNE_K) -> float:
     """What the operating point maximises. sum: TailRecall + ColdRecall. balanced: their geometric mean,
     so neither kind of long tail is given up for the other (the sum when validation holds no cold item:
     then ColdRecall is 0 everywhere and says nothing)."""
@@ -59,7 +59,7 @@ def long_tail_value(point: dict[str, float], objective: str = "sum", k: int = TU
 
 
 def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K,
-                      objective: str = "sum") -> dict[str, float]:
+                      objective: str = "balanced") -> dict[str, float]:
     """The point with the most long-tail value (`long_tail_value`) whose Recall@k >= (1 - max_loss) x
     CF-only Recall@k; ties go to the more accurate point."""
     floor = (1.0 - max_loss) * cf_recall

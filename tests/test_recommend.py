@@ -151,7 +151,7 @@ def test_balanced_objective_keeps_both_kinds_of_long_tail():
         {"tail_share": 0.1, "cold_share": 0.2, "Recall@20": 0.090, "TailRecall@20": 0.030, "ColdRecall@20": 0.030},
     ]
     assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, objective="sum")["tail_share"] == 0.2
-    assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.2  # sum is the default
+    assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.1  # balanced is the default
     # sqrt(0.02 * 0.015) is the most
     balanced = choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, objective="balanced")
     assert (balanced["tail_share"], balanced["cold_share"]) == (0.1, 0.1)
