@@ -183,7 +183,7 @@ class RankStage:
     def applied_tail_share(self, state: UserState | None, tail_share: float | None = None) -> float:
         """The tail share this user's list gets: the one asked for, else the blend's (per user under
         blend.quota_by=affinity)."""
-        return float(tail_share) if tail_share is not None else float(self.rec.shares_for(state)[0])
+        return float(self.rec.list_shares(state, tail_share)[0])
 
     def features(self, user_id: str, state: UserState | None, cands: Columns) -> dict[str, np.ndarray] | None:
         """The CTR model's inputs (None: the model has no say for this request)."""

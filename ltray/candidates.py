@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -66,21 +67,17 @@ class CandidateModels:
     def user_ids(self) -> np.ndarray:
         return self.als.user_ids
 
-    @property
+    @cached_property
     def user_tail_affinity(self) -> np.ndarray:
         """Per user: the share of their distinct training items outside the head (0 without history).
         Derived from the seen matrix and the segments, so every run folder has it."""
-        cached = self.__dict__.get("_user_tail_affinity")
-        if cached is None:
-            seen = self.als.seen
-            off_head = (self.item_segment != SEGMENT_CODES[HEAD]).astype(np.float64)
-            n = np.diff(seen.indptr)
-            hits = np.bincount(np.repeat(np.arange(len(n)), n), weights=off_head[seen.indices], minlength=len(n))
-            cached = (hits / np.maximum(n, 1)).astype(np.float32)
-            self.__dict__["_user_tail_affinity"] = cached
-        return cached
+        seen = self.als.seen
+        off_head = (self.item_segment != SEGMENT_CODES[HEAD]).astype(np.float64)
+        n = np.diff(seen.indptr)
+        hits = np.bincount(np.repeat(np.arange(len(n)), n), weights=off_head[seen.indices], minlength=len(n))
+        return (hits / np.maximum(n, 1)).astype(np.float32)
 
-    @property
+    @cached_property
     def mean_tail_affinity(self) -> float:
         """The average user's tail affinity (users with a history): per-user quotas are relative to it."""
         a = self.user_tail_affinity[np.diff(self.als.seen.indptr) > 0]

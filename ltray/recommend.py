@@ -97,7 +97,6 @@ class Recommender:
         w = cfg.blend.ranker_weight if cfg.blend.ranker_weight is not None else ranker_weight
         self.ranker_weight = 1.0 if w is None else float(w)
         self.quota_by = cfg.blend.quota_by or quota_by or "uniform"
-        self._mean_affinity: float | None = None  # the average user's tail affinity, on first use
         self.explainer = explainer
 
     def shares_for(self, state: UserState | None, tail_share: float | None = None, cold_share: float | None = None,
@@ -108,12 +107,15 @@ class Recommender:
         cs = self.cold_share if cold_share is None else float(cold_share)
         if (quota_by or self.quota_by) != "affinity" or state is None or not ts + cs:
             return ts, cs
-        if self._mean_affinity is None:
-            self._mean_affinity = self.models.mean_tail_affinity
-        mean = self._mean_affinity
+        mean = self.models.mean_tail_affinity
         w = state.tail_affinity / mean if mean > 0 else 1.0
         w = min(w, self.cfg.blend.max_user_share / (ts + cs))
         return ts * w, cs * w
+
+    def list_shares(self, state: UserState | None, tail_share: float | None = None) -> tuple[float, float]:
+        """(tail share, cold share) one list is blended with. A share asked for is taken as asked: that
+        list's quotas are not scaled by the user's affinity."""
+        return self.shares_for(state, tail_share, None, None if tail_share is None else "uniform")
 
     # -- scoring --------------------------------------------------------------------
     def score(self, user_id: str, state: UserState | None, cands: Cands) -> np.ndarray:
@@ -200,8 +202,7 @@ class Recommender:
     def top_k_columns(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
                       explain: bool = True) -> Columns:
         """`top_k` as plain columns (item_id, item_idx, score, segment, source[, reason]); Serve's ranker."""
-        # A share asked for is taken as asked: that list's quotas are not scaled by the user's affinity.
-        share, cold = self.shares_for(state, tail_share, None, None if tail_share is None else "uniform")
+        share, cold = self.list_shares(state, tail_share)
         score = np.asarray(cands["score"])
         pos, boosted = blend_positions(score, np.asarray(cands["segment"]), k, share, self.cfg.blend.method,
                                        cold, self.cold_score(cands))

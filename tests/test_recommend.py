@@ -167,7 +167,7 @@ def test_affinity_quotas_scale_with_the_users_history_and_stop_at_the_cap(small_
     # shares_for reads only the config, its own shares and the average affinity of the models.
     rec = Recommender.__new__(Recommender)
     rec.cfg, rec.tail_share, rec.cold_share, rec.quota_by = small_config, 0.2, 0.1, "affinity"
-    rec.models, rec._mean_affinity = SimpleNamespace(mean_tail_affinity=0.25), None
+    rec.models = SimpleNamespace(mean_tail_affinity=0.25)
     z = np.zeros(2, np.float32)
 
     def user(affinity):
