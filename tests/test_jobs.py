@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from ports import free_port, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,11 +39,6 @@ SMALL = [
 SETS = [a for s in SMALL for a in ("--set", s)]
 STAGES = ("data", "embed", "cf", "index", "rank")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -100,44 +95,71 @@ def _stop_head(head: Head) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    token = secrets.token_hex(32)
-    env = _base_env(token)
+PORT_FLAGS = ("--port", "--dashboard-port", "--node-manager-port", "--object-manager-port",
+              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+              "--runtime-env-agent-port", "--ray-client-server-port")
+
+
+PORT_ERRORS = ("address already in use", "used by other components", "is not available", "port is in use")
+
+
+class PortTaken(RuntimeError):
+    """Another process bound one of the picked ports between picking and `ray start` binding it."""
+
+
+def _start_head(env: dict[str, str], token: str, log_path: Path) -> Head:
+    """`ray start --head --block` on distinct free ports, up once its job API answers with the token."""
     temp_dir = tempfile.mkdtemp(prefix="ltj", dir="/tmp")  # short: Ray's unix sockets live under it
-    port, dash = _free_port(), _free_port()
-    ports = {flag: _free_port() for flag in (
-        "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
-        "--ray-client-server-port")}
-    log_path = tmp_path_factory.mktemp("head") / "ray-start.log"
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           *[f"{k}={v}" for k, v in ports.items()]]
+           f"--temp-dir={temp_dir}", "--disable-usage-stats", *[f"{k}={v}" for k, v in ports.items()]]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", token, env, temp_dir, proc)
+    head = Head(f"127.0.0.1:{ports['--port']}", f"http://127.0.0.1:{ports['--dashboard-port']}", token, env,
+                temp_dir, proc)
+    deadline = time.monotonic() + 180
+    while proc.poll() is None:
+        try:
+            r = httpx.get(f"{head.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            if r.status_code == 200:
+                return head
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(head)
+            pytest.fail(f"the head's job API did not come up:\n{log_path.read_text()[-3000:]}")
+        time.sleep(1)
+    _stop(head)
+    log = log_path.read_text()
+    if any(s in log.lower() for s in PORT_ERRORS):
+        raise PortTaken(log)
+    raise RuntimeError(f"ray start exited {proc.returncode}:\n{log[-3000:]}")
+
+
+def _stop(head: Head) -> None:
+    _stop_head(head)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    env = _base_env(secrets.token_hex(32))
+    for attempt in range(3):
+        log_path = tmp_path_factory.mktemp("head") / "ray-start.log"
+        try:
+            head = _start_head(env, env["RAY_AUTH_TOKEN"], log_path)
+            break
+        except PortTaken as e:
+            if attempt == 2:
+                pytest.fail(f"ray start found a port taken three times:\n{str(e)[-3000:]}")
+        except RuntimeError as e:
+            pytest.fail(str(e))
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ray start exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                r = httpx.get(f"{head.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"},
-                              timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the head's job API did not come up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
         yield head
     finally:
-        _stop_head(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not _pids_of(temp_dir), "processes of the test head survived"
+        _stop(head)
+    assert not _pids_of(head.temp_dir), "processes of the test head survived"
 
 
 def _ray(head: Head, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -274,7 +296,7 @@ def test_each_job_fails_with_one_clear_line(job, case, capsys, tmp_path):
 
     module = importlib.import_module(f"jobs.{job}")
     argv, expected = BAD_CASES[case]
-    argv = [a.format(port=_free_port()) for a in argv]
+    argv = [a.format(port=free_port()) for a in argv]
     if "--artifacts" not in argv:
         argv += ["--artifacts", str(tmp_path / "art")]
     assert module.main(argv) == 2

@@ -7,7 +7,6 @@ application is deleted at the end of the module, leaving the cluster whole for o
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,15 +15,11 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from ports import free_port
 
 APP = "ltray-test"
 COLO_APP = "ltray-test-colo"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +41,7 @@ def server(ray_cluster, serve_artifacts):
 
     from deployments.app import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"artifacts": serve_artifacts, "serve.topology": "chain"}), name=APP, route_prefix="/",
               blocking=False)
