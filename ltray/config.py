@@ -170,6 +170,9 @@ class RankConfig(_Section):
     lora_alpha: float = Field(16.0, gt=0, description="lora: adapter scale is alpha / r")
     text_tower_lr: float = Field(1e-4, gt=0, description="learning rate of the trainable encoder weights")
     text_tower_max_length: int = Field(32, ge=4, le=512, description="tokens per item text in the tower")
+    refit_on_all: bool = Field(
+        True, description="after the operating point is chosen (with a ranker trained on half of the validation "
+        "users, on the other half), train the kept ranker on all of them")
     seed: int = 0
 
     @field_validator("negative_mix")

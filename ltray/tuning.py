@@ -9,6 +9,8 @@ long-tail recall (tail and cold, `eval.long_tail_objective`) whose Recall@K stay
 
 from __future__ import annotations
 
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,26 +90,47 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     log(f"rank: candidate models on {len(fit_part):,} interactions; ranker learns from {len(train_users)} users, "
         f"tail share is chosen on {len(tune_users)} others")
 
-    with single_threaded():
-        states = [gen.state(u) for u in train_users]
-        cands = pd.concat([pd.DataFrame(c).assign(user_id=u) for u, c in
-                           zip(train_users, gen.candidate_columns_many(states), strict=True)], ignore_index=True)
-    pos = valid[valid["user_id"].isin(set(train_users))].copy()
-    pos["item_idx"] = gen.item_rows(pos["item_id"].to_numpy())
-    pos = pos[pos["item_idx"] >= 0][["user_id", "item_idx", "ts"]]
-    seen = fit_part[fit_part["user_id"].isin(set(train_users))].copy()
-    seen["item_idx"] = gen.item_rows(seen["item_id"].to_numpy())
-    table = sample_training_table(pos, cands, ctx, cfg.rank, rng, seen=seen[["user_id", "item_idx"]])
-    train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
-                                             by="user_id" if cfg.rank.validation_per_user else None)
-    builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
+    def training_table(for_users: np.ndarray) -> pd.DataFrame:
+        """Sampled, labelled candidates of `for_users`: their valid items are the positives."""
+        with single_threaded():
+            states = [gen.state(u) for u in for_users]
+            cands = pd.concat([pd.DataFrame(c).assign(user_id=u) for u, c in
+                               zip(for_users, gen.candidate_columns_many(states), strict=True)], ignore_index=True)
+        pos = valid[valid["user_id"].isin(set(for_users))].copy()
+        pos["item_idx"] = gen.item_rows(pos["item_id"].to_numpy())
+        pos = pos[pos["item_idx"] >= 0][["user_id", "item_idx", "ts"]]
+        seen = fit_part[fit_part["user_id"].isin(set(for_users))].copy()
+        seen["item_idx"] = gen.item_rows(seen["item_id"].to_numpy())
+        return sample_training_table(pos, cands, ctx, cfg.rank, rng, seen=seen[["user_id", "item_idx"]])
+
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
     texts = bundle.items["text"].tolist() if cfg.rank.text_tower != "frozen" else None  # catalog order
-    metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, out_dir, storage_path=storage, item_texts=texts)
-    log(f"rank: validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
-        f"({metrics['n_train']:,} samples)")
 
-    ranker = Ranker.load(out_dir)
+    def train(table: pd.DataFrame, into: Path) -> dict[str, Any]:
+        train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
+                                                 by="user_id" if cfg.rank.validation_per_user else None)
+        builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
+        metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts)
+        log(f"rank: validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
+            f"({metrics['n_train']:,} samples)")
+        return metrics
+
+    table = training_table(train_users)
+    choice_dir = Path(out_dir) / "_choice" if cfg.rank.refit_on_all else Path(out_dir)
+    metrics = train(table, choice_dir)
+
+    kept = None
+    if cfg.rank.refit_on_all:
+        # The point is chosen with a ranker that never saw the tuning users; the ranker kept learns from
+        # every validation user (twice the labels, less seed spread), with the same settings. Its
+        # training does not depend on the choice, so it runs while the choice is made.
+        log(f"rank: the kept ranker learns from all {len(users)} users")
+        table_all = pd.concat([table, training_table(tune_users)], ignore_index=True)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ltray-refit")
+        kept = pool.submit(train, table_all, Path(out_dir))
+        pool.shutdown(wait=False)
+
+    ranker = Ranker.load(choice_dir)
     rec = Recommender(models, ranker, cfg)
     weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
     shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
@@ -130,6 +153,9 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} "
         f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
         f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
+    if kept is not None:
+        metrics = kept.result()
+        shutil.rmtree(choice_dir)
     blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
              "ranker_weight": chosen["ranker_weight"], "quota_by": chosen["quota_by"], "chosen_on": "validation",
              "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "

@@ -64,6 +64,21 @@ def test_synthetic_tail_recall_beats_als_at_equal_recall(synthetic_run):
     assert ours["ColdRecall@20"] >= als["ColdRecall@20"]
 
 
+def test_kept_ranker_learns_from_every_validation_user(synthetic_run):
+    """The operating point is chosen with a ranker trained on half of the validation users; the ranker
+    kept (rank.refit_on_all) is trained again on all of them, and the choice's own ranker is not kept."""
+    import re
+
+    _, art, _, logs = synthetic_run
+    trained = [int(m.group(1).replace(",", "")) for line in logs
+               if (m := re.search(r"validation AUC [\d.]+ after \d+ epochs \(([\d,]+) samples\)", line))]
+    assert len(trained) == 2 and trained[1] > 1.6 * trained[0], trained
+    assert any("learns from all" in line for line in logs)
+    kept = json.loads((art / "rank" / "rank.json").read_text())
+    assert kept["n_train"] == trained[1]
+    assert not (art / "rank" / "_choice").exists()
+
+
 def test_rerun_is_a_no_op(synthetic_run, ray_cluster):
     from ltray.pipeline import fit
 
