@@ -137,8 +137,9 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     """Train the CTR model on candidates from models fitted on an earlier slice of train.
 
     Train is split per user by time into fit / valid. Candidate models are fitted on
-    `fit`; half of the users' `valid` interactions label the ranker's training data, the
-    other half chooses the tail share, so the choice is never made on data the ranker saw.
+    `fit`; half of the users' `valid` interactions label a ranker's training data, the
+    other half chooses the operating point with it, so the choice is never made on data that
+    ranker saw; the ranker kept then learns from all of them (`rank.refit_on_all`).
     """
     from ltray.cf.tune import with_cf
     from ltray.rank.ranker import Ranker
