@@ -247,6 +247,9 @@ class ServeConfig(_Section):
 class EvalConfig(_Section):
     ks: tuple[int, ...] = (10, 20)
     max_recall_loss: float = Field(0.02, ge=0, lt=1)
+    recall_floor_z: float = Field(
+        1.0, ge=0, description="an operating point must clear the recall floor by this many standard errors "
+        "of its per-user Recall@20 difference to CF-only (paired over the validation users); 0 = the plain floor")
     long_tail_objective: Literal["sum", "balanced"] = Field(
         "balanced", description="what the operating point maximises within the recall floor: the geometric "
         "mean of TailRecall@20 and ColdRecall@20 (balanced: neither kind of long tail is given up for the "

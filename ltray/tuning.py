@@ -61,12 +61,25 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
     return float(np.sqrt(tail * cold)) if objective == "balanced" else tail + cold
 
 
+def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K) -> np.ndarray:
+    """Recall@k of each list position in `held` (sorted), as `evaluate` averages it."""
+    pos = np.array(sorted(held), np.int64)
+    return np.array([np.isin(held[p], lists[p, :k]).sum() / len(held[p]) for p in pos], np.float64)
+
+
+def floor_gap_se(point: np.ndarray, cf: np.ndarray, max_loss: float) -> float:
+    """Standard error of mean(point - (1 - max_loss) x cf), paired over the same users."""
+    d = point - (1.0 - max_loss) * cf
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
 def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss: float, k: int = TUNE_K,
-                      objective: str = "balanced") -> dict[str, float]:
+                      objective: str = "balanced", z: float = 0.0) -> dict[str, float]:
     """The point with the most long-tail value (`long_tail_value`) whose Recall@k >= (1 - max_loss) x
-    CF-only Recall@k; ties go to the more accurate point."""
+    CF-only Recall@k, by `z` standard errors of that gap (a point's `floor_se`) when z > 0; ties go
+    to the more accurate point."""
     floor = (1.0 - max_loss) * cf_recall
-    ok = [c for c in curve if c[f"Recall@{k}"] >= floor]
+    ok = [c for c in curve if c[f"Recall@{k}"] - z * c.get("floor_se", 0.0) >= floor]
     if not ok:  # nothing keeps recall: take the most accurate point
         return max(curve, key=lambda c: c[f"Recall@{k}"])
     if objective == "balanced" and not any(c.get(f"ColdRecall@{k}", 0.0) > 0 for c in ok):
@@ -141,15 +154,18 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
                 if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
     lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
     held = held_out_rows(gen, valid, tune_users)
-    cf_metrics = evaluate(cf_only_rows(models, gen, tune_users, TUNE_K), held, models.item_segment,
-                          models.item_pop, ks=(TUNE_K,))
+    cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
+    cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+    cf_users = user_recall(cf_lists, held)
     curve = []
     for w, s, c, q in settings:
         m = evaluate(lists[(w, s, c, q)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
         curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c, "quota_by": q,
-                      **{k: float(v) for k, v in m.items() if "@" in k}})
+                      **{k: float(v) for k, v in m.items() if "@" in k},
+                      "floor_se": floor_gap_se(user_recall(lists[(w, s, c, q)], held), cf_users,
+                                               cfg.eval.max_recall_loss)})
     chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
-                               objective=cfg.eval.long_tail_objective)
+                               objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
     log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
         f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} "
         f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
@@ -161,7 +177,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
              "ranker_weight": chosen["ranker_weight"], "quota_by": chosen["quota_by"], "chosen_on": "validation",
              "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "
                       f"{_OBJECTIVES[cfg.eval.long_tail_objective]}) with Recall@{TUNE_K} >= "
-                      f"(1 - {cfg.eval.max_recall_loss}) x CF-only"),
+                      f"(1 - {cfg.eval.max_recall_loss}) x CF-only"
+                      + (f" + {cfg.eval.recall_floor_z:g} paired standard errors" if cfg.eval.recall_floor_z else "")),
              "validation": {k: v for k, v in chosen.items() if "@" in k},
              "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
     return {"blend": blend, "metrics": {k: v for k, v in metrics.items() if k != "history"}}

@@ -83,6 +83,35 @@ def test_operating_point_rule_falls_back_to_the_most_accurate_point():
     assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.0
 
 
+def test_recall_floor_in_standard_errors_keeps_a_noisy_point_out():
+    curve = [
+        {"tail_share": 0.0, "Recall@20": 0.100, "TailRecall@20": 0.000, "floor_se": 0.0002},
+        {"tail_share": 0.1, "Recall@20": 0.099, "TailRecall@20": 0.010, "floor_se": 0.0005},
+        {"tail_share": 0.2, "Recall@20": 0.0985, "TailRecall@20": 0.020, "floor_se": 0.004},
+    ]
+    assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.2  # plain floor 0.098
+    assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, z=1.0)["tail_share"] == 0.1
+
+
+def test_user_recall_averages_to_evaluate_and_its_gap_se_is_paired():
+    from ltray.eval.metrics import evaluate
+    from ltray.tuning import floor_gap_se, user_recall
+
+    rng = np.random.default_rng(0)
+    lists = np.stack([rng.permutation(50)[:20] for _ in range(30)])
+    lists[3, 15:] = -1  # a short list
+    held = {p: rng.choice(50, size=rng.integers(1, 6), replace=False) for p in range(30) if p % 4}
+    per_user = user_recall(lists, held)
+    assert len(per_user) == len(held)
+    seg, pop = np.zeros(50, np.int64), np.ones(50)
+    assert per_user.mean() == pytest.approx(evaluate(lists, held, seg, pop, ks=(20,))["Recall@20"])
+    p0 = sorted(held)[0]
+    assert per_user[0] == np.isin(held[p0], lists[p0, :20]).sum() / len(held[p0])
+    # The same lists as CF give a gap of exactly max_loss x recall per user; its se is that of the recall.
+    assert floor_gap_se(per_user, per_user, 0.02) == pytest.approx(0.02 * per_user.std(ddof=1) / np.sqrt(len(held)))
+    assert floor_gap_se(per_user, per_user, 0.0) == 0.0
+
+
 # -- the numpy blend against the pandas blend it replaced (kept here as the reference) ----------------------
 def _reference_blend(cands: pd.DataFrame, k: int, tail_share: float, method: str, cold_share: float):
     if len(cands) == 0:
