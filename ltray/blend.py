@@ -7,6 +7,8 @@ every request); `blend` applies it to a candidate DataFrame for offline code.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -27,6 +29,51 @@ def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota",
     return picked if scores is None else picked.assign(score=scores)
 
 
+class Ranking(NamedTuple):
+    """One list of candidates ranked by a score, with what every quota needs: computed once per score,
+    then `pick` serves any number of slot counts."""
+    score: np.ndarray
+    ranked: np.ndarray       # row positions, best first
+    is_tail: np.ndarray      # in rank order: not a head item
+    cold_order: np.ndarray   # positions in `ranked` of the cold items, in the order the cold quota takes them
+
+
+def rank_for_blend(score: np.ndarray, segment: np.ndarray, cold_score: np.ndarray | None = None) -> Ranking:
+    score = np.asarray(score)
+    seg = np.asarray(segment)
+    is_head, is_cold = (seg == SEGMENT_CODES[HEAD], seg == SEGMENT_CODES[COLD]) if seg.dtype.kind in "iu" else (
+        seg == HEAD, seg == COLD)
+    ranked = _order(score)
+    if cold_score is None:
+        cold_order = np.flatnonzero(is_cold[ranked])
+    else:  # the best cold items by their own score, as positions in `ranked`
+        cold_rows = np.flatnonzero(is_cold)
+        where = np.empty(len(ranked), np.int64)
+        where[ranked] = np.arange(len(ranked))
+        cold_order = where[cold_rows[_order(np.asarray(cold_score)[cold_rows])]]
+    return Ranking(score, ranked, ~is_head[ranked], cold_order)
+
+
+def pick(r: Ranking, k: int, q: int, qc: int, method: str = "quota") -> tuple[np.ndarray, np.ndarray | None]:
+    """The top k of a `Ranking` with q tail and qc cold slots (`quota_slots`); as `blend_positions`."""
+    ranked, is_tail = r.ranked, r.is_tail
+    if method == "boost" and q and not qc:
+        # A calibrated boost: raise tail scores by the gap that lets the quota in, no more.
+        if is_tail[:k].sum() >= q:
+            return ranked[:k], None
+        return _boost(r.score[ranked], ranked, is_tail, k, q)
+    # Positions in rank order: the cold quota, then the tail quota, then the best of the rest.
+    cold_pick = r.cold_order[:qc]
+    taken = np.zeros(len(ranked), bool)
+    taken[cold_pick] = True
+    tail_pick = np.flatnonzero(is_tail & ~taken)[: min(q, k - len(cold_pick))]
+    taken[tail_pick] = True
+    rest = np.flatnonzero(~taken)[: k - len(cold_pick) - len(tail_pick)]
+    # The rest first, then the quota picks; a stable sort by score keeps that order among ties.
+    chosen = ranked[np.concatenate([rest, cold_pick, tail_pick])]
+    return chosen[_order(r.score[chosen])], None
+
+
 def blend_positions(score: np.ndarray, segment: np.ndarray, k: int, tail_share: float, method: str = "quota",
                     cold_share: float = 0.0, cold_score: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -36,34 +83,12 @@ def blend_positions(score: np.ndarray, segment: np.ndarray, k: int, tail_share: 
     `cold_score` (NaN = none) picks the cold quota's items instead of `score`: the final score knows
     little of items nobody has touched. The list is still ordered by `score`.
     """
-    score = np.asarray(score)
-    seg = np.asarray(segment)
-    is_head, is_cold = (seg == SEGMENT_CODES[HEAD], seg == SEGMENT_CODES[COLD]) if seg.dtype.kind in "iu" else (
-        seg == HEAD, seg == COLD)
-    ranked = _order(score)
-    is_tail = ~is_head[ranked]
-    q, qc = int(round(tail_share * k)), min(k, int(round(cold_share * k)))
-    if method == "boost" and q and not qc:
-        # A calibrated boost: raise tail scores by the gap that lets the quota in, no more.
-        if is_tail[:k].sum() >= q:
-            return ranked[:k], None
-        return _boost(score[ranked], ranked, is_tail, k, q)
-    # Positions in rank order: the cold quota, then the tail quota, then the best of the rest.
-    if cold_score is None:
-        cold_pick = np.flatnonzero(is_cold[ranked])[:qc]
-    else:  # the best cold items by their own score, as positions in `ranked`
-        cold_rows = np.flatnonzero(is_cold)
-        where = np.empty(len(ranked), np.int64)
-        where[ranked] = np.arange(len(ranked))
-        cold_pick = where[cold_rows[_order(np.asarray(cold_score)[cold_rows])[:qc]]]
-    taken = np.zeros(len(ranked), bool)
-    taken[cold_pick] = True
-    tail_pick = np.flatnonzero(is_tail & ~taken)[: min(q, k - len(cold_pick))]
-    taken[tail_pick] = True
-    rest = np.flatnonzero(~taken)[: k - len(cold_pick) - len(tail_pick)]
-    # The rest first, then the quota picks; a stable sort by score keeps that order among ties.
-    chosen = ranked[np.concatenate([rest, cold_pick, tail_pick])]
-    return chosen[_order(score[chosen])], None
+    return pick(rank_for_blend(score, segment, cold_score), k, *quota_slots(k, tail_share, cold_share), method)
+
+
+def quota_slots(k: int, tail_share: float, cold_share: float = 0.0) -> tuple[int, int]:
+    """(tail slots, cold slots) of a top-k list: all `blend_positions` takes of the two shares."""
+    return int(round(tail_share * k)), min(k, int(round(cold_share * k)))
 
 
 def _order(score: np.ndarray) -> np.ndarray:
@@ -89,4 +114,4 @@ def _boost(ranked_scores: np.ndarray, ranked: np.ndarray, is_tail: np.ndarray, k
     return ranked[top], boosted[top]
 
 
-__all__ = ["blend", "blend_positions"]
+__all__ = ["Ranking", "blend", "blend_positions", "pick", "quota_slots", "rank_for_blend"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ltray.blend import blend_positions
+from ltray.blend import Ranking, blend_positions, pick, quota_slots, rank_for_blend
 from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
@@ -239,12 +239,20 @@ class Recommender:
 
     def _fill_rows(self, out: dict[tuple, np.ndarray], user_ids, k: int, settings) -> None:
         for r, state, cands in self._ranked_in_chunks(user_ids):
+            # Settings that give this user the same weight and slot counts give the same list.
+            rankings: dict[float, Ranking] = {}
+            lists: dict[tuple, np.ndarray] = {}
+            cold_score = self.cold_score(cands)
             for w, share, cold, quota_by in settings:
                 weight = self.ranker_weight if w is None else w
-                ts, cs = self.shares_for(state, share, cold, quota_by)
-                pos, _ = blend_positions(combine(cands["cf_z"], cands["ranker_logit"], weight), cands["segment"], k,
-                                         ts, self.cfg.blend.method, cs, self.cold_score(cands))
-                rows = cands["item_idx"][pos]
+                slots = quota_slots(k, *self.shares_for(state, share, cold, quota_by))
+                if (weight, slots) not in lists:
+                    if weight not in rankings:
+                        rankings[weight] = rank_for_blend(combine(cands["cf_z"], cands["ranker_logit"], weight),
+                                                          cands["segment"], cold_score)
+                    pos, _ = pick(rankings[weight], k, *slots, self.cfg.blend.method)
+                    lists[(weight, slots)] = cands["item_idx"][pos]
+                rows = lists[(weight, slots)]
                 out[(w, share, cold, quota_by)][r, : len(rows)] = rows
 
 

@@ -14,7 +14,7 @@ from ltray.config import load_config
 
 SMALL = [
     "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
-    "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256", "eval.tune=false",
+    "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256", "eval.tune=false", "rank.refit_on_all=false",
 ]
 
 
