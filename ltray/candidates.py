@@ -374,6 +374,8 @@ def _best_per_item(index: VectorIndex, q: np.ndarray, bounds: np.ndarray, n: int
     its best score, best first."""
     if n <= 0:
         return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in seen]
+    # Only seen items in this index can take a place: a heavy user's history is mostly head items.
+    seen = [s[index.contains(s)] for s in seen]
     all_scores, all_ids = index.search(q, n + max(len(s) for s in seen))
     out = []
     for u, s in enumerate(seen):

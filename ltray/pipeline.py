@@ -94,10 +94,14 @@ def commit_embed(store: ArtifactStore, cfg: Config, log: Log = _print) -> dict[s
 
 
 def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _print) -> np.ndarray:
-    from ltray.embed.stage import load_embeddings
+    from ltray.embed.stage import STAGE, fingerprint, load_embeddings
 
     t0 = time.perf_counter()
-    commit_embed(store, cfg, log)
+    # The catalog is in this process already: check it here rather than in a Ray task (seconds to start).
+    if store.is_current(STAGE, fingerprint(bundle.items[["item_id", "text"]], cfg.embed)):
+        log("embed: unchanged, skipped")
+    else:
+        commit_embed(store, cfg, log)
     vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
     bundle.timings["embed"] = time.perf_counter() - t0
     return vectors

@@ -64,7 +64,14 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
 def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K) -> np.ndarray:
     """Recall@k of each list position in `held` (sorted), as `evaluate` averages it."""
     pos = np.array(sorted(held), np.int64)
-    return np.array([np.isin(held[p], lists[p, :k]).sum() / len(held[p]) for p in pos], np.float64)
+    counts = np.array([len(held[p]) for p in pos], np.int64)
+    user = np.repeat(np.arange(len(pos)), counts)
+    item = np.concatenate([held[p] for p in pos]) if len(pos) else np.zeros(0, np.int64)
+    top = lists[pos, :k]
+    width = int(max(top.max(initial=-1), item.max(initial=-1))) + 2  # (user, item + 1) as one key; -1 pads
+    listed = (np.arange(len(pos))[:, None] * width + top + 1)[top >= 0]
+    hits = np.isin(user * width + item + 1, listed)
+    return np.bincount(user, weights=hits, minlength=len(pos)) / np.maximum(counts, 1)
 
 
 def floor_gap_se(point: np.ndarray, cf: np.ndarray, max_loss: float) -> float:
@@ -120,59 +127,62 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
     texts = bundle.items["text"].tolist() if cfg.rank.text_tower != "frozen" else None  # catalog order
 
-    def train(table: pd.DataFrame, into: Path) -> dict[str, Any]:
+    def train(table: pd.DataFrame, into: Path, which: str, concurrent_runs: int = 1) -> dict[str, Any]:
         train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
                                                  by="user_id" if cfg.rank.validation_per_user else None)
         builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
-        metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts)
-        log(f"rank: validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
+        metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts,
+                            concurrent_runs=concurrent_runs)
+        log(f"rank: {which}, validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
             f"({metrics['n_train']:,} samples)")
         return metrics
 
-    table = training_table(train_users)
-    choice_dir = Path(out_dir) / "_choice" if cfg.rank.refit_on_all else Path(out_dir)
-    metrics = train(table, choice_dir)
+    def choose(ranker_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """The operating point, scored on the tuning users with the ranker in `ranker_dir`."""
+        rec = Recommender(models, Ranker.load(ranker_dir), cfg)
+        weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
+        shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
+        colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
+        quotas = (cfg.blend.quota_by,) if cfg.blend.quota_by is not None else cfg.eval.quota_by_grid
+        settings = [(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds for q in quotas
+                    if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
+        lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
+        held = held_out_rows(gen, valid, tune_users)
+        cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
+        cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+        cf_users = user_recall(cf_lists, held)
+        curve = []
+        for w, s, c, q in settings:
+            m = evaluate(lists[(w, s, c, q)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+            curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c, "quota_by": q,
+                          **{k: float(v) for k, v in m.items() if "@" in k},
+                          "floor_se": floor_gap_se(user_recall(lists[(w, s, c, q)], held), cf_users,
+                                                   cfg.eval.max_recall_loss)})
+        chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
+                                   objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
+        log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
+            f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} (validation "
+            f"Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
+            f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
+        return chosen, cf_metrics, curve
 
-    kept = None
+    table = training_table(train_users)
     if cfg.rank.refit_on_all:
         # The point is chosen with a ranker that never saw the tuning users; the ranker kept learns from
-        # every validation user (twice the labels, less seed spread), with the same settings. Its
-        # training does not depend on the choice, so it runs while the choice is made.
-        log(f"rank: the kept ranker learns from all {len(users)} users")
+        # every validation user (twice the labels, less seed spread), with the same settings. Neither
+        # training depends on the other, so both run at once and their Ray Train start-ups overlap.
+        log(f"rank: the kept ranker learns from all {len(users)} users, alongside the choice's")
         table_all = pd.concat([table, training_table(tune_users)], ignore_index=True)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ltray-refit")
-        kept = pool.submit(train, table_all, Path(out_dir))
-        pool.shutdown(wait=False)
-
-    ranker = Ranker.load(choice_dir)
-    rec = Recommender(models, ranker, cfg)
-    weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
-    shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
-    colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
-    quotas = (cfg.blend.quota_by,) if cfg.blend.quota_by is not None else cfg.eval.quota_by_grid
-    settings = [(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds for q in quotas
-                if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
-    lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
-    held = held_out_rows(gen, valid, tune_users)
-    cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
-    cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-    cf_users = user_recall(cf_lists, held)
-    curve = []
-    for w, s, c, q in settings:
-        m = evaluate(lists[(w, s, c, q)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-        curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c, "quota_by": q,
-                      **{k: float(v) for k, v in m.items() if "@" in k},
-                      "floor_se": floor_gap_se(user_recall(lists[(w, s, c, q)], held), cf_users,
-                                               cfg.eval.max_recall_loss)})
-    chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
-                               objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
-    log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
-        f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} "
-        f"(validation Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
-        f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
-    if kept is not None:
-        metrics = kept.result()
+        choice_dir = Path(out_dir) / "_choice"
+        with ThreadPoolExecutor(2, thread_name_prefix="ltray-rank") as pool:
+            kept = pool.submit(train, table_all, Path(out_dir), "kept ranker", 2)
+            pool.submit(train, table, choice_dir, "choice ranker", 2).result()
+            chosen, cf_metrics, curve = choose(choice_dir)
+            metrics = kept.result()
         shutil.rmtree(choice_dir)
+    else:
+        metrics = train(table, Path(out_dir), "ranker")
+        chosen, cf_metrics, curve = choose(Path(out_dir))
     blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
              "ranker_weight": chosen["ranker_weight"], "quota_by": chosen["quota_by"], "chosen_on": "validation",
              "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "

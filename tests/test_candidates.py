@@ -122,3 +122,28 @@ def test_state_carries_the_affinity_of_the_history_it_describes(fitted):
     folded = gen.state(user, list(models.item_ids[tail]))  # new items join the known history
     both = np.union1d(gen.state(user).seen, tail)
     assert folded.tail_affinity == pytest.approx(np.mean(models.item_segment[both] != SEGMENT_CODES["head"]))
+
+
+def test_tail_search_is_the_exact_best_unseen_items_over_a_users_queries(fitted):
+    """The search asks FAISS for n + (seen items in the index) per query, not n + all seen: with a flat
+    index the result must still be the brute-force best n unseen items, each at its best query's score."""
+    from ltray.candidates import _best_per_item
+
+    models, _ = fitted
+    index = models.tail_index
+    in_index = index.ids()
+    head = np.flatnonzero(~np.isin(np.arange(len(models.item_segment)), in_index))
+    rng = np.random.default_rng(1)
+    seen = [np.concatenate([head[:300], rng.choice(in_index, 12, replace=False)]), in_index[:3], head[:5]]
+    q = models.item_vectors[rng.choice(len(models.item_vectors), 7, replace=False)]
+    bounds = np.array([0, 3, 5, 7])
+    assert index.contains(seen[0]).sum() == 12 and not index.contains(head).any()
+    got = _best_per_item(index, q, bounds, 10, seen)
+    vectors = models.item_vectors[in_index] / np.linalg.norm(models.item_vectors[in_index], axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    for u, (ids, scores) in enumerate(got):
+        best = (qn[bounds[u]:bounds[u + 1]] @ vectors.T).max(axis=0)
+        best[np.isin(in_index, seen[u])] = -np.inf
+        top = np.argsort(-best, kind="stable")[:10]
+        np.testing.assert_array_equal(np.sort(ids), np.sort(in_index[top]))
+        np.testing.assert_allclose(np.sort(scores), np.sort(best[top]), rtol=1e-5, atol=1e-5)

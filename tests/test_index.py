@@ -109,6 +109,8 @@ def test_add_remove_round_trip(vecs, factory):
     assert idx.remove(np.concatenate([gone, [5, 6]])) == len(gone)  # unknown ids are ignored
     assert idx.ntotal == 2000 - len(gone)
     assert set(idx.ids().tolist()) == set(ids.tolist()) - set(gone.tolist())
+    np.testing.assert_array_equal(idx.contains(np.concatenate([ids, [5, 10**9]])),
+                                  np.concatenate([~np.isin(ids, gone), [False, False]]))
     _, got = idx.search(vecs, 20)
     assert not np.isin(got, gone).any()
     # the remaining ids still map to their own vectors (faiss's IDMap2-over-IVF gets this wrong)
@@ -172,6 +174,7 @@ def test_empty_index_and_bad_input(vecs):
     assert s.shape == i.shape == (4, 0)
     idx.build(np.zeros(0, np.int64), np.zeros((0, DIM), np.float32))
     assert idx.ntotal == 0 and idx.search(vecs[0], 3)[1].shape == (1, 0)
+    assert not idx.contains([0, 1]).any()
     full = VectorIndex(DIM, "Flat").build([1, 2], vecs[:2])
     full.remove([1, 2])
     assert full.ntotal == 0 and full.search(vecs[:2], 3)[1].shape == (2, 0)

@@ -70,12 +70,13 @@ def test_kept_ranker_learns_from_every_validation_user(synthetic_run):
     import re
 
     _, art, _, logs = synthetic_run
-    trained = [int(m.group(1).replace(",", "")) for line in logs
-               if (m := re.search(r"validation AUC [\d.]+ after \d+ epochs \(([\d,]+) samples\)", line))]
-    assert len(trained) == 2 and trained[1] > 1.6 * trained[0], trained
+    trained = {m.group(1): int(m.group(2).replace(",", "")) for line in logs
+               if (m := re.search(r"rank: (\w+) ranker, validation AUC [\d.]+ after \d+ epochs \(([\d,]+) samples\)",
+                                  line))}
+    assert set(trained) == {"choice", "kept"} and trained["kept"] > 1.6 * trained["choice"], trained
     assert any("learns from all" in line for line in logs)
     kept = json.loads((art / "rank" / "rank.json").read_text())
-    assert kept["n_train"] == trained[1]
+    assert kept["n_train"] == trained["kept"]
     assert not (art / "rank" / "_choice").exists()
 
 

@@ -105,8 +105,10 @@ def test_user_recall_averages_to_evaluate_and_its_gap_se_is_paired():
     assert len(per_user) == len(held)
     seg, pop = np.zeros(50, np.int64), np.ones(50)
     assert per_user.mean() == pytest.approx(evaluate(lists, held, seg, pop, ks=(20,))["Recall@20"])
-    p0 = sorted(held)[0]
-    assert per_user[0] == np.isin(held[p0], lists[p0, :20]).sum() / len(held[p0])
+    # Each user's share of held items in their list, the short list (-1 padding) included.
+    expected = [np.isin(held[p], lists[p, :20]).sum() / len(held[p]) for p in sorted(held)]
+    np.testing.assert_allclose(per_user, expected)
+    assert 3 in held and (per_user > 0).any() and (per_user < 1).any()
     # The same lists as CF give a gap of exactly max_loss x recall per user; its se is that of the recall.
     assert floor_gap_se(per_user, per_user, 0.02) == pytest.approx(0.02 * per_user.std(ddof=1) / np.sqrt(len(held)))
     assert floor_gap_se(per_user, per_user, 0.0) == 0.0

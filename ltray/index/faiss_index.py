@@ -219,6 +219,14 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         return self._ids.copy()
 
+    def contains(self, ids) -> np.ndarray:
+        """Which of ``ids`` are in the index (a boolean mask)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(self._ids):
+            return np.zeros(ids.shape, bool)
+        pos = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
+        return self._ids[pos] == ids
+
     def build(self, ids, vectors) -> VectorIndex:
         """Replace the content with these vectors, training first where the index type needs it."""
         x = _normalised(vectors, self.dim, "vectors")

@@ -86,13 +86,16 @@ def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFr
 
 
 def _dataset(uri: str, cfg: RankConfig):
-    """A Ray Dataset over the Parquet parts; small ones are read once instead of once per epoch."""
+    """A Ray Dataset over the Parquet parts. Small sets go in as in-memory Arrow blocks, one per part:
+    read once, not once per epoch, and with no read tasks (whose start costs seconds on a small machine)."""
     import ray
 
-    ds = ray.data.read_parquet(uri)
     fs, root = _fs(uri)
-    size = sum(f.size for f in fs.get_file_info(pafs.FileSelector(root)) if f.type == pafs.FileType.File)
-    return ds.materialize() if size <= cfg.materialize_max_mb * 2**20 else ds
+    parts = sorted((f for f in fs.get_file_info(pafs.FileSelector(root)) if f.type == pafs.FileType.File
+                    and f.path.endswith(".parquet")), key=lambda f: f.path)
+    if sum(f.size for f in parts) > cfg.materialize_max_mb * 2**20:
+        return ray.data.read_parquet(uri)
+    return ray.data.from_arrow([pq.read_table(f.path, filesystem=fs) for f in parts])
 
 
 def _iter_parquet(uri: str, batch_rows: int):
@@ -122,14 +125,15 @@ def resolve_use_gpu(cfg: RankConfig) -> bool:
     return gpus >= cfg.num_workers
 
 
-def worker_cpus(cfg: RankConfig) -> float:
-    """CPUs per worker: what is left after ``data_cpus`` (Ray Data's reads need a CPU, or they hang)."""
+def worker_cpus(cfg: RankConfig, concurrent_runs: int = 1) -> float:
+    """CPUs per worker: what is left after ``data_cpus`` (Ray Data's reads need a CPU, or they hang),
+    shared by the workers of ``concurrent_runs`` trainings that run at once."""
     import ray
 
     if cfg.cpus_per_worker is not None:
         return cfg.cpus_per_worker
     free = ray.cluster_resources().get("CPU", 1.0) - cfg.data_cpus
-    share = free / cfg.num_workers
+    share = free / (cfg.num_workers * concurrent_runs)
     if share <= 0:
         raise TrainError(f"the cluster has no CPU left for {cfg.num_workers} workers after rank.data_cpus="
                          f"{cfg.data_cpus}; lower rank.num_workers or rank.data_cpus")
@@ -340,7 +344,8 @@ def _train_loop(config: dict[str, Any]) -> None:
 # -- the driver ------------------------------------------------------------------------------
 def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext, builder: FeatureBuilder,
               cfg: RankConfig, out_dir: str | Path, storage_path: str | None = None,
-              test_hook: int | None = None, item_texts: Sequence[str] | None = None) -> dict[str, Any]:
+              test_hook: int | None = None, item_texts: Sequence[str] | None = None,
+              concurrent_runs: int = 1) -> dict[str, Any]:
     """Train the CTR model on labelled sample tables; the best epoch lands in ``out_dir``.
 
     ``train_df`` / ``val_df``: user_id, item_idx, from_* flags, label (validation later in time).
@@ -348,6 +353,8 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     ``cfg.fail_at_step``) makes rank 1 raise once at that global step, to test recovery.
     ``item_texts`` (one per catalog row of ``ctx``) is needed with ``cfg.text_tower`` != frozen; the
     fine-tuned encoder of the best epoch is then exported to ``out_dir/text_encoder``.
+    ``concurrent_runs``: how many trainings the caller runs at once; each asks for its share of the
+    CPUs and GPUs, so they start together instead of queueing (their start-up costs overlap).
     Returns the metrics also written to ``out_dir/rank.json``.
     """
     import ray
@@ -380,7 +387,7 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     t_features = time.perf_counter() - t0
 
     use_gpu = resolve_use_gpu(cfg)
-    resources = {"CPU": worker_cpus(cfg), **({"GPU": 1} if use_gpu else {})}
+    resources = {"CPU": worker_cpus(cfg, concurrent_runs), **({"GPU": 1 / concurrent_runs} if use_gpu else {})}
     fail_at = test_hook if test_hook is not None else cfg.fail_at_step
     trainer = TorchTrainer(
         _train_loop,
