@@ -127,14 +127,14 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
     texts = bundle.items["text"].tolist() if cfg.rank.text_tower != "frozen" else None  # catalog order
 
-    def train(table: pd.DataFrame, into: Path, which: str, concurrent_runs: int = 1) -> dict[str, Any]:
+    def train(table: pd.DataFrame, into: Path, which: str, in_process: bool = False) -> dict[str, Any]:
         train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
                                                  by="user_id" if cfg.rank.validation_per_user else None)
         builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
         metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts,
-                            concurrent_runs=concurrent_runs)
+                            in_process=in_process)
         log(f"rank: {which}, validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
-            f"({metrics['n_train']:,} samples)")
+            f"({metrics['n_train']:,} samples{', in process' if in_process else ''})")
         return metrics
 
     def choose(ranker_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -169,14 +169,15 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     table = training_table(train_users)
     if cfg.rank.refit_on_all:
         # The point is chosen with a ranker that never saw the tuning users; the ranker kept learns from
-        # every validation user (twice the labels, less seed spread), with the same settings. Neither
-        # training depends on the other, so both run at once and their Ray Train start-ups overlap.
-        log(f"rank: the kept ranker learns from all {len(users)} users, alongside the choice's")
+        # every validation user (twice the labels, less seed spread), with the same settings, on Ray
+        # Train. The choice's ranker is thrown away, so it trains here, with the same loop, while the
+        # kept one's workers start (Train's start-up is most of a small training's time).
+        log(f"rank: the kept ranker learns from all {len(users)} users")
         table_all = pd.concat([table, training_table(tune_users)], ignore_index=True)
         choice_dir = Path(out_dir) / "_choice"
-        with ThreadPoolExecutor(2, thread_name_prefix="ltray-rank") as pool:
-            kept = pool.submit(train, table_all, Path(out_dir), "kept ranker", 2)
-            pool.submit(train, table, choice_dir, "choice ranker", 2).result()
+        with ThreadPoolExecutor(1, thread_name_prefix="ltray-kept-ranker") as pool:
+            kept = pool.submit(train, table_all, Path(out_dir), "kept ranker")
+            train(table, choice_dir, "choice ranker", in_process=True)
             chosen, cf_metrics, curve = choose(choice_dir)
             metrics = kept.result()
         shutil.rmtree(choice_dir)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -71,12 +72,15 @@ def test_kept_ranker_learns_from_every_validation_user(synthetic_run):
 
     _, art, _, logs = synthetic_run
     trained = {m.group(1): int(m.group(2).replace(",", "")) for line in logs
-               if (m := re.search(r"rank: (\w+) ranker, validation AUC [\d.]+ after \d+ epochs \(([\d,]+) samples\)",
+               if (m := re.search(r"rank: (\w+) ranker, validation AUC [\d.]+ after \d+ epochs \(([\d,]+) samples",
                                   line))}
     assert set(trained) == {"choice", "kept"} and trained["kept"] > 1.6 * trained["choice"], trained
     assert any("learns from all" in line for line in logs)
     kept = json.loads((art / "rank" / "rank.json").read_text())
     assert kept["n_train"] == trained["kept"]
+    # The kept (served) ranker comes from Ray Train's workers; the throw-away choice ranker trained in process.
+    assert kept["in_process"] is False and kept["num_workers"] == 2 and Path(kept["checkpoint_path"]).exists()
+    assert any("choice ranker" in line and "in process" in line for line in logs)
     assert not (art / "rank" / "_choice").exists()
 
 

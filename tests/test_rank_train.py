@@ -57,6 +57,22 @@ def test_two_workers_two_epochs_beat_a_popularity_scorer(case, trained):
     assert json.loads((Path(trained["out"]) / "rank.json").read_text())["val_auc"] == m["val_auc"]
 
 
+def test_in_process_training_is_the_same_loop_without_ray_train(case, trained, tmp_path):
+    """The throw-away choice ranker trains in the driver: one worker, the same epochs and early stopping,
+    nothing written to Train's storage, and it learns what the 2-worker DDP run learns."""
+    m, val, ctx = trained["metrics"], case["val"], case["ctx"]
+    storage = tmp_path / "storage"
+    local = train_ctr(case["train"], val, ctx, trained["builder"], case["cfg"], tmp_path / "out", str(storage),
+                      in_process=True)
+    assert local["in_process"] is True and local["num_workers"] == 1 and local["checkpoint_path"] is None
+    assert {h["world_size"] for h in local["history"]} == {1} and local["epochs_run"] == m["epochs_run"]
+    assert local["history"][0]["train_samples"] == len(case["train"])
+    assert not storage.exists()  # samples and checkpoints went to a scratch folder, now gone
+    scores = Ranker.load(tmp_path / "out").score(ctx, val)
+    assert roc_auc_score(val["label"], scores) == pytest.approx(local["val_auc"], abs=1e-6)
+    assert local["val_auc"] == pytest.approx(m["val_auc"], abs=0.02), (local["val_auc"], m["val_auc"])
+
+
 def test_checkpoint_round_trips_with_identical_scores(case, trained, tmp_path):
     ctx, table = case["ctx"], case["val"].head(500)
     a = Ranker.load(trained["out"])

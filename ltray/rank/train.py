@@ -125,15 +125,14 @@ def resolve_use_gpu(cfg: RankConfig) -> bool:
     return gpus >= cfg.num_workers
 
 
-def worker_cpus(cfg: RankConfig, concurrent_runs: int = 1) -> float:
-    """CPUs per worker: what is left after ``data_cpus`` (Ray Data's reads need a CPU, or they hang),
-    shared by the workers of ``concurrent_runs`` trainings that run at once."""
+def worker_cpus(cfg: RankConfig) -> float:
+    """CPUs per worker: what is left after ``data_cpus`` (Ray Data's reads need a CPU, or they hang)."""
     import ray
 
     if cfg.cpus_per_worker is not None:
         return cfg.cpus_per_worker
     free = ray.cluster_resources().get("CPU", 1.0) - cfg.data_cpus
-    share = free / (cfg.num_workers * concurrent_runs)
+    share = free / cfg.num_workers
     if share <= 0:
         raise TrainError(f"the cluster has no CPU left for {cfg.num_workers} workers after rank.data_cpus="
                          f"{cfg.data_cpus}; lower rank.num_workers or rank.data_cpus")
@@ -236,17 +235,84 @@ def _tower_outputs(model: CTRModel, tokens: ItemTokens, item_idx: np.ndarray, de
     return torch.cat(out)[torch.from_numpy(inverse.reshape(-1)).to(device)]
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
+class _RaySession:
+    """What the epoch loop needs from Ray Train (inside a TorchTrainer worker)."""
 
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        self._train, self._torch = ray.train, ray.train.torch
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self):
+        return self._train.get_checkpoint()
+
+    def prepare_model(self, model: CTRModel):
+        return self._torch.prepare_model(model)
+
+    def batches(self, batch_size: int, dtypes: dict[str, torch.dtype], shuffle_buffer: int, seed: int):
+        return self._train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=batch_size, dtypes=dtypes, device=self.device, local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=seed if shuffle_buffer else None)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, name: str) -> None:
+        ckpt = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+        self._train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt else None)
+
+
+class _LocalSession:
+    """The same loop in this process, one worker, no Ray Train: for a small throw-away ranker (the one that
+    only picks the operating point), where Train's fixed start-up costs more than the training. Samples
+    come from the Parquet parts in order; the best epoch's files are kept in ``best_dir``."""
+
+    def __init__(self, train_uri: str, best_dir: Path, device: torch.device):
+        import pyarrow.dataset as pads
+
+        fs, root = _fs(train_uri)
+        table = pads.dataset(root, filesystem=fs, format="parquet").to_table()
+        self.feats = arrow_to_features(table)
+        if "item_idx" in table.column_names:
+            self.feats["item_idx"] = table.column("item_idx").to_numpy()
+        self.rank, self.world, self.device = 0, 1, device
+        self.best_dir, self.best_auc, self.history = best_dir, -np.inf, []
+
+    def checkpoint(self):
+        return None
+
+    def prepare_model(self, model: CTRModel):
+        return model.to(self.device)
+
+    def batches(self, batch_size: int, dtypes: dict[str, torch.dtype], shuffle_buffer: int, seed: int):
+        n = len(self.feats["label"])
+        order = np.random.default_rng(seed).permutation(n) if shuffle_buffer else np.arange(n)
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            yield {k: torch.from_numpy(np.ascontiguousarray(self.feats[k][rows])).to(self.device, dtype)
+                   for k, dtype in dtypes.items()}
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, name: str) -> None:
+        self.history.append(metrics)
+        if checkpoint_dir is not None and metrics["val_auc"] > self.best_auc:
+            self.best_auc = metrics["val_auc"]
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, self.best_dir)
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """TorchTrainer's per-worker entry point."""
+    _fit_epochs(config, _RaySession())
+
+
+def _fit_epochs(config: dict[str, Any], session: _RaySession | _LocalSession) -> None:
     cfg = RankConfig.model_validate(config["rank"])
     builder: FeatureBuilder = config["builder"]
-    tctx = ray.train.get_context()
-    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    rank, world = session.rank, session.world
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    device = session.device
 
     # Sparse embedding gradients on CPU (gloo all-reduces them); NCCL needs dense ones.
     sparse = cfg.sparse_embeddings == "always" or (cfg.sparse_embeddings == "auto" and device.type == "cpu")
@@ -255,7 +321,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     tokens = ItemTokens(**config["item_tokens"]) if config.get("item_tokens") else None
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "resumes": 0, "history": []}
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             d = Path(d)
@@ -264,9 +330,8 @@ def _train_loop(config: dict[str, Any]) -> None:
             saved = json.loads((d / TRAIN_STATE_FILE).read_text())
             _load_optimizers(opts, d / OPTIMIZER_FILE, saved.pop("optimizer"))
             state = {**saved, "resumes": saved["resumes"] + 1}
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = session.prepare_model(model)
     per_worker_batch = max(1, cfg.batch_size // world)
-    train_shard = ray.train.get_dataset_shard("train")
     dtypes = {"user_hash": torch.int64, "item_hash": torch.int64, "dense": torch.float32, "label": torch.float32}
     if tokens is not None:
         dtypes["item_idx"] = torch.int64
@@ -278,10 +343,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         preds, labels = [], []
         t_epoch = time.perf_counter()
         t0 = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(batch_size=per_worker_batch, dtypes=dtypes, device=device,
-                                                    local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-                                                    local_shuffle_seed=cfg.seed + epoch if cfg.shuffle_buffer
-                                                    else None):
+        for batch in session.batches(per_worker_batch, dtypes, cfg.shuffle_buffer, cfg.seed + epoch):
             t1 = time.perf_counter()
             t_data += t1 - t0
             _fail_hook(config, state["step"], rank, world)
@@ -333,19 +395,62 @@ def _train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 _write_checkpoint(Path(tmp), model, opts, builder, cfg, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"epoch_{epoch:04d}")
+                session.report(metrics, Path(tmp), f"epoch_{epoch:04d}")
         else:
-            ray.train.report(metrics, checkpoint=None)
+            session.report(metrics, None, f"epoch_{epoch:04d}")
         if _broadcast_flag(stop, world):
             break
 
 
 # -- the driver ------------------------------------------------------------------------------
+def _copy_best(checkpoint_dir: Path, out: Path) -> dict[str, Any]:
+    """The best epoch's model files into ``out``; returns that epoch's metrics row."""
+    for name in (WEIGHTS_FILE, "feature_spec.json", "features.npz", RANK_CONFIG_FILE):
+        shutil.copy2(checkpoint_dir / name, out / name)
+    return json.loads((checkpoint_dir / TRAIN_STATE_FILE).read_text())["history"][-1]
+
+
+def _fit_on_ray_train(loop_config: dict[str, Any], cfg: RankConfig, use_gpu: bool, run_name: str, storage: str,
+                      train_uri: str, out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], str]:
+    """TorchTrainer over the workers; returns (best row, history, last metrics, best checkpoint path)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": worker_cpus(cfg), **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_auc",
+                                                         checkpoint_score_order="max")),
+        datasets={"train": _dataset(train_uri, cfg)},
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainError(f"CTR training failed after {cfg.max_failures} retries: {e}") from e
+    if result.error is not None:
+        raise TrainError(f"CTR training failed: {result.error}") from result.error
+    best = result.get_best_checkpoint("val_auc", "max") or result.checkpoint
+    if best is None:
+        raise TrainError("CTR training finished without a checkpoint")
+    with best.as_directory() as d:
+        best_row = _copy_best(Path(d), out)
+    history: list[dict[str, Any]] = []
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            history = json.loads((Path(d) / TRAIN_STATE_FILE).read_text())["history"]
+    return best_row, history, result.metrics or {}, best.path
+
+
 def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext, builder: FeatureBuilder,
               cfg: RankConfig, out_dir: str | Path, storage_path: str | None = None,
               test_hook: int | None = None, item_texts: Sequence[str] | None = None,
-              concurrent_runs: int = 1) -> dict[str, Any]:
+              in_process: bool = False) -> dict[str, Any]:
     """Train the CTR model on labelled sample tables; the best epoch lands in ``out_dir``.
 
     ``train_df`` / ``val_df``: user_id, item_idx, from_* flags, label (validation later in time).
@@ -353,13 +458,12 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     ``cfg.fail_at_step``) makes rank 1 raise once at that global step, to test recovery.
     ``item_texts`` (one per catalog row of ``ctx``) is needed with ``cfg.text_tower`` != frozen; the
     fine-tuned encoder of the best epoch is then exported to ``out_dir/text_encoder``.
-    ``concurrent_runs``: how many trainings the caller runs at once; each asks for its share of the
-    CPUs and GPUs, so they start together instead of queueing (their start-up costs overlap).
+    ``in_process``: the same epoch loop in this process, one worker, no Ray Train (no checkpoints in
+    storage, no resume): for a small ranker that is thrown away, where Train's start-up (about 20 s
+    on 2 cores) costs more than the training.
     Returns the metrics also written to ``out_dir/rank.json``.
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     tower = cfg.text_tower != "frozen"
     if tower and (item_texts is None or len(item_texts) != ctx.n_items):
@@ -369,59 +473,46 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         if len(df) == 0 or df["label"].nunique() < 2:
             raise TrainError(f"the {name} sample table needs both positive and negative rows")
     storage = storage_path or cfg.storage_path
-    if not storage:
+    if not storage and not in_process:
         raise TrainError("no storage_path for Ray Train: pass one or set rank.storage_path")
     if not ray.is_initialized():
         ray.init()
     if not builder.fitted:
         builder.fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=train_df)
     run_name = cfg.run_name or f"ctr-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    samples = _join(storage, f"{run_name}-samples")
-    t0 = time.perf_counter()
-    n_train = write_samples(builder, ctx, train_df, _join(samples, "train"), with_item_idx=tower)
-    n_val = write_samples(builder, ctx, val_df, _join(samples, "val"), with_item_idx=tower)
-    item_tokens = None
-    if tower:
-        tok = ItemTokens.from_texts(item_texts, load_tokenizer(cfg.text_tower_model), cfg.text_tower_max_length)
-        item_tokens = {"input_ids": tok.input_ids, "lengths": tok.lengths}
-    t_features = time.perf_counter() - t0
-
-    use_gpu = resolve_use_gpu(cfg)
-    resources = {"CPU": worker_cpus(cfg, concurrent_runs), **({"GPU": 1 / concurrent_runs} if use_gpu else {})}
-    fail_at = test_hook if test_hook is not None else cfg.fail_at_step
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"rank": json.loads(cfg.model_dump_json()), "builder": builder,
-                           "val_uri": _join(samples, "val"), "fail_at_step": fail_at,
-                           "fail_marker": _join(samples, FAIL_MARKER), "item_tokens": item_tokens},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_auc",
-                                                         checkpoint_score_order="max")),
-        datasets={"train": _dataset(_join(samples, "train"), cfg)},
-    )
-    t1 = time.perf_counter()
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as e:
-        raise TrainError(f"CTR training failed after {cfg.max_failures} retries: {e}") from e
-    t_fit = time.perf_counter() - t1
-    if result.error is not None:
-        raise TrainError(f"CTR training failed: {result.error}") from result.error
-    best = result.get_best_checkpoint("val_auc", "max") or result.checkpoint
-    if best is None:
-        raise TrainError("CTR training finished without a checkpoint")
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with best.as_directory() as d:
-        d = Path(d)
-        for name in (WEIGHTS_FILE, "feature_spec.json", "features.npz", RANK_CONFIG_FILE):
-            shutil.copy2(d / name, out / name)
-        best_row = json.loads((d / TRAIN_STATE_FILE).read_text())["history"][-1]
+    use_gpu = resolve_use_gpu(cfg)
+    with tempfile.TemporaryDirectory(prefix="ltray-rank-") as scratch:
+        # Ray Train's samples live in its storage (workers on any node read them); an in-process run's are scratch.
+        samples = str(Path(scratch) / "samples") if in_process else _join(storage, f"{run_name}-samples")
+        t0 = time.perf_counter()
+        n_train = write_samples(builder, ctx, train_df, _join(samples, "train"), with_item_idx=tower)
+        n_val = write_samples(builder, ctx, val_df, _join(samples, "val"), with_item_idx=tower)
+        item_tokens = None
+        if tower:
+            tok = ItemTokens.from_texts(item_texts, load_tokenizer(cfg.text_tower_model), cfg.text_tower_max_length)
+            item_tokens = {"input_ids": tok.input_ids, "lengths": tok.lengths}
+        t_features = time.perf_counter() - t0
+
+        fail_at = test_hook if test_hook is not None else cfg.fail_at_step
+        loop_config = {"rank": json.loads(cfg.model_dump_json()), "builder": builder, "val_uri": _join(samples, "val"),
+                       "fail_at_step": fail_at, "fail_marker": _join(samples, FAIL_MARKER), "item_tokens": item_tokens}
+        t1 = time.perf_counter()
+        if in_process:
+            session = _LocalSession(_join(samples, "train"), Path(scratch) / "best",
+                                    torch.device("cuda" if use_gpu else "cpu"))
+            threads = torch.get_num_threads()
+            try:
+                _fit_epochs(loop_config, session)
+            finally:
+                torch.set_num_threads(threads)  # the loop sets rank.torch_threads; this process goes on
+            best_row, best_path = _copy_best(session.best_dir, out), None
+            history, last = session.history, session.history[-1]
+        else:
+            best_row, history, last, best_path = _fit_on_ray_train(loop_config, cfg, use_gpu, run_name, storage,
+                                                                   _join(samples, "train"), out)
+        t_fit = time.perf_counter() - t1
     encoder_dir = None
     if tower:
         best_model, _ = load_model(out / WEIGHTS_FILE)
@@ -429,18 +520,14 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         with torch.inference_mode():
             items = _tower_outputs(best_model, tok, np.arange(ctx.n_items), torch.device("cpu"))
         np.save(out / TOWER_ITEMS_FILE, items.numpy().astype(np.float32), allow_pickle=False)
-    history: list[dict[str, Any]] = []
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            history = json.loads((Path(d) / TRAIN_STATE_FILE).read_text())["history"]
-    last = result.metrics or {}
     metrics = {
         "best_epoch": best_row["epoch"], "val_auc": best_row["val_auc"], "val_logloss": best_row["val_logloss"],
         "train_auc": best_row["train_auc"], "train_logloss": best_row["train_logloss"],
         "epochs_run": int(last.get("epoch", best_row["epoch"])) + 1, "resumes": int(last.get("resumes", 0)),
-        "num_workers": cfg.num_workers, "use_gpu": use_gpu, "n_train": n_train, "n_val": n_val,
-        "feature_seconds": t_features, "fit_seconds": t_fit, "run_name": run_name, "storage_path": storage,
-        "checkpoint_path": best.path, "history": history,
+        "num_workers": 1 if in_process else cfg.num_workers, "use_gpu": use_gpu, "n_train": n_train, "n_val": n_val,
+        "feature_seconds": t_features, "fit_seconds": t_fit, "run_name": run_name,
+        "storage_path": None if in_process else storage,
+        "checkpoint_path": best_path, "in_process": in_process, "history": history,
     }
     if tower:
         metrics.update(text_tower=cfg.text_tower, text_encoder=encoder_dir)
