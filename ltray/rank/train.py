@@ -7,6 +7,10 @@ Each epoch every worker scores the whole validation set, read straight from its 
 (safetensors + feature spec + config + optimizer state) and early stopping watches
 validation AUC. A restarted worker group resumes from the latest checkpoint.
 
+The epoch loop (``_fit_epochs``) talks to a small session: ``_RaySession`` inside a TorchTrainer
+worker, or ``_LocalSession`` for ``in_process`` runs (one worker in this process, for a ranker that
+is thrown away, where Train's fixed start-up costs more than the training).
+
 With ``rank.text_tower`` = top_layers | lora the BERT encoder trains inside the model through
 the same loop: the samples carry each row's ``item_idx``, the item texts are tokenised once on
 the driver (``ItemTokens``) and each batch encodes its distinct items. The best epoch's encoder
@@ -495,7 +499,8 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
             item_tokens = {"input_ids": tok.input_ids, "lengths": tok.lengths}
         t_features = time.perf_counter() - t0
 
-        fail_at = test_hook if test_hook is not None else cfg.fail_at_step
+        # The recovery test hook is for Ray Train's workers: an in-process run has nothing to resume with.
+        fail_at = None if in_process else test_hook if test_hook is not None else cfg.fail_at_step
         loop_config = {"rank": json.loads(cfg.model_dump_json()), "builder": builder, "val_uri": _join(samples, "val"),
                        "fail_at_step": fail_at, "fail_marker": _join(samples, FAIL_MARKER), "item_tokens": item_tokens}
         t1 = time.perf_counter()
