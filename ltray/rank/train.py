@@ -109,24 +109,30 @@ def _iter_parquet(uri: str, batch_rows: int):
 
     fs, root = _fs(uri)
     for rb in pads.dataset(root, filesystem=fs, format="parquet").to_batches(batch_size=batch_rows):
-        table = pa.Table.from_batches([rb])
-        feats = arrow_to_features(table)
-        if "item_idx" in table.column_names:
-            feats["item_idx"] = table.column("item_idx").to_numpy()
-        yield feats
+        yield _sample_features(pa.Table.from_batches([rb]))
 
 
-def resolve_use_gpu(cfg: RankConfig) -> bool:
-    import ray
+def _sample_features(table: pa.Table) -> dict[str, np.ndarray]:
+    """A samples table's feature arrays, with ``item_idx`` when a text tower needs it."""
+    feats = arrow_to_features(table)
+    if "item_idx" in table.column_names:
+        feats["item_idx"] = table.column("item_idx").to_numpy()
+    return feats
 
+
+def resolve_use_gpu(cfg: RankConfig, in_process: bool = False) -> bool:
+    """Whether training uses GPUs: the cluster's, one per worker; or, ``in_process``, this process's own."""
     if cfg.use_gpu == "never":
         return False
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    if cfg.use_gpu == "always":
-        if gpus < cfg.num_workers:
-            raise TrainError(f"rank.use_gpu=always but the cluster has {gpus:g} GPUs for {cfg.num_workers} workers")
-        return True
-    return gpus >= cfg.num_workers
+    if in_process:  # the driver may have no GPU where the cluster's workers do
+        gpus, need, where = torch.cuda.device_count(), 1, "this process"
+    else:
+        import ray
+
+        gpus, need, where = ray.cluster_resources().get("GPU", 0.0), cfg.num_workers, "the cluster"
+    if cfg.use_gpu == "always" and gpus < need:
+        raise TrainError(f"rank.use_gpu=always but {where} has {gpus:g} GPUs for {need} workers")
+    return gpus >= need
 
 
 def worker_cpus(cfg: RankConfig) -> float:
@@ -276,10 +282,7 @@ class _LocalSession:
         import pyarrow.dataset as pads
 
         fs, root = _fs(train_uri)
-        table = pads.dataset(root, filesystem=fs, format="parquet").to_table()
-        self.feats = arrow_to_features(table)
-        if "item_idx" in table.column_names:
-            self.feats["item_idx"] = table.column("item_idx").to_numpy()
+        self.feats = _sample_features(pads.dataset(root, filesystem=fs, format="parquet").to_table())
         self.rank, self.world, self.device = 0, 1, device
         self.best_dir, self.best_auc, self.history = best_dir, -np.inf, []
 
@@ -462,7 +465,7 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     ``cfg.fail_at_step``) makes rank 1 raise once at that global step, to test recovery.
     ``item_texts`` (one per catalog row of ``ctx``) is needed with ``cfg.text_tower`` != frozen; the
     fine-tuned encoder of the best epoch is then exported to ``out_dir/text_encoder``.
-    ``in_process``: the same epoch loop in this process, one worker, no Ray Train (no checkpoints in
+    ``in_process``: the same epoch loop in this process, one worker, no Ray at all (no checkpoints in
     storage, no resume): for a small ranker that is thrown away, where Train's start-up (about 20 s
     on 2 cores) costs more than the training.
     Returns the metrics also written to ``out_dir/rank.json``.
@@ -479,14 +482,14 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     storage = storage_path or cfg.storage_path
     if not storage and not in_process:
         raise TrainError("no storage_path for Ray Train: pass one or set rank.storage_path")
-    if not ray.is_initialized():
+    if not in_process and not ray.is_initialized():
         ray.init()
     if not builder.fitted:
         builder.fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=train_df)
     run_name = cfg.run_name or f"ctr-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    use_gpu = resolve_use_gpu(cfg)
+    use_gpu = resolve_use_gpu(cfg, in_process)
     with tempfile.TemporaryDirectory(prefix="ltray-rank-") as scratch:
         # Ray Train's samples live in its storage (workers on any node read them); an in-process run's are scratch.
         samples = str(Path(scratch) / "samples") if in_process else _join(storage, f"{run_name}-samples")
