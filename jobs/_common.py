@@ -47,7 +47,8 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                    help="override one field, e.g. --set embed.batch_size=128 (repeatable)")
     p.add_argument("--artifacts", help="run folder or pyarrow URI (s3://bucket/run, gs://bucket/run); "
                                        "on a cluster use a URI every node can reach")
-    p.add_argument("--dataset", help="built-in dataset: synthetic | movielens-latest-small")
+    p.add_argument("--dataset", help="built-in dataset: synthetic | movielens-latest-small | "
+                                     "amazon-office-2014-5core | lastfm-hetrec-2k")
     p.add_argument("--items", help="items file or folder (CSV, Parquet, JSONL)")
     p.add_argument("--interactions", help="interactions file or folder")
     p.add_argument("--no-holdout", dest="holdout", action="store_false",

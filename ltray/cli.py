@@ -24,7 +24,8 @@ out = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. embed.batch_size=128")]
-DatasetOpt = Annotated[str | None, typer.Option(help="built-in dataset: synthetic | movielens-latest-small")]
+DatasetOpt = Annotated[str | None, typer.Option(
+    help="built-in dataset: synthetic | movielens-latest-small | amazon-office-2014-5core | lastfm-hetrec-2k")]
 ItemsOpt = Annotated[str | None, typer.Option(help="items file or folder (CSV, Parquet, JSONL)")]
 InterOpt = Annotated[str | None, typer.Option("--interactions", help="interactions file or folder")]
 ArtOpt = Annotated[str | None, typer.Option(help="run folder or URI (default ./artifacts/<dataset>)")]

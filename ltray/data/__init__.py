@@ -7,7 +7,7 @@ from ltray.data.schema import DataError, Dataset, strip_source_columns
 from ltray.data.segments import COLD, HEAD, TAIL, Segments, compute_segments
 from ltray.data.split import global_time_cut, temporal_holdout
 
-BUILTIN = ("synthetic", "movielens-latest-small")
+BUILTIN = ("synthetic", "movielens-latest-small", "amazon-office-2014-5core", "lastfm-hetrec-2k")
 
 __all__ = [
     "BUILTIN", "COLD", "HEAD", "TAIL", "DataError", "Dataset", "Segments", "compute_segments",
@@ -40,5 +40,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.dataset == "movielens-latest-small":
         from ltray.data import movielens
         return movielens.load()
+    if cfg.dataset == "amazon-office-2014-5core":
+        from ltray.data import amazon
+        return amazon.load()
+    if cfg.dataset == "lastfm-hetrec-2k":
+        from ltray.data import lastfm
+        return lastfm.load()
     raise DataError(f"unknown dataset '{cfg.dataset}' (built-in: {', '.join(BUILTIN)})",
                     hint="or give --items FILE --interactions FILE")
