@@ -43,6 +43,10 @@ _TRACKED_PACKAGES = (
 class ArtifactError(RuntimeError):
     """A missing, incomplete or unreachable artifact."""
 
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
 
 def package_versions() -> dict[str, str]:
     out = {}
@@ -70,10 +74,20 @@ def _is_local(uri: str) -> bool:
 
 
 class ArtifactStore:
-    """A run folder. ``writing(stage)`` commits atomically; ``stage_path`` reads."""
+    """A run folder. ``writing(stage)`` commits atomically; ``stage_path`` reads.
 
-    def __init__(self, uri: str | Path):
+    ``mode="w"`` (a writer: the pipeline, jobs) recovers from a killed commit on open and creates the
+    local folder on its first write, so a run that fails before writing leaves no folder behind.
+    ``mode="r"`` (a reader: ``ltray recommend``, Serve) needs a committed run: it raises an
+    ``ArtifactError`` naming the path when there is no manifest, never creates anything, and never
+    recovers (recovery moves folders; only a writer may do that).
+    """
+
+    def __init__(self, uri: str | Path, mode: str = "w"):
+        if mode not in ("r", "w"):
+            raise ValueError(f"ArtifactStore mode must be 'r' or 'w', not {mode!r}")
         self.uri = str(uri)
+        self.mode = mode
         if _is_local(self.uri):
             path = self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
             self.root = Path(path).expanduser().resolve()
@@ -86,10 +100,42 @@ class ArtifactStore:
                 raise ArtifactError(f"artifact store {self.uri} is not reachable: {e}") from e
             digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
             self.root = Path(os.environ.get("LTRAY_CACHE", "~/.cache/ltray")).expanduser() / "store" / digest
-            with contextlib.suppress(OSError):  # object stores have no folders; local-like ones need it
-                self.fs.create_dir(self._remote_root, recursive=True)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._recover()
+            if mode == "w":
+                with contextlib.suppress(OSError):  # object stores have no folders; local-like ones need it
+                    self.fs.create_dir(self._remote_root, recursive=True)
+                self.root.mkdir(parents=True, exist_ok=True)  # the local cache, not the store
+        if mode == "r":
+            self._require_manifest()
+        elif self.root.is_dir():
+            self._recover()
+
+    def _require_manifest(self) -> None:
+        """A reader opens committed runs only: say which path holds none, and create nothing."""
+        where = str(self.root) if self.fs is None else self.uri
+        if self.fs is None and not self.root.exists():
+            raise ArtifactError(f"no run folder at {where}: it does not exist",
+                                hint="check --artifacts, or fit one first with `ltray fit --artifacts DIR`")
+        try:
+            text = self._read_text(MANIFEST)
+        except OSError as e:  # pyarrow: no such bucket, refused connection, no credentials
+            raise ArtifactError(f"artifact store {self.uri} is not reachable: {e}") from e
+        if text is None:
+            raise ArtifactError(f"{where} is not an ltray run: it holds no {MANIFEST}",
+                                hint="check --artifacts, or fit one first with `ltray fit --artifacts DIR`")
+
+    def require(self, *stages: str) -> None:
+        """Raise one ArtifactError naming every stage a reader needs that the run has not committed."""
+        missing = [s for s in stages if not self.has(s)]
+        if missing:
+            found = [s for s in self.manifest().get("stages", {}) if self.has(s)]
+            raise ArtifactError(
+                f"{self.uri} is not a fitted run: stage{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"missing (committed: {', '.join(found) or 'none'})",
+                hint=f"run `ltray fit --artifacts {self.uri}` (with the same data options) first")
+
+    def _writable(self) -> None:
+        if self.mode != "w":
+            raise ArtifactError(f"{self.uri} was opened read-only")
 
     # -- recovery -------------------------------------------------------------
     def _recover(self) -> None:
@@ -132,6 +178,7 @@ class ArtifactStore:
             raise ArtifactError(f"{self.uri}/{MANIFEST} is not valid JSON: {e}") from e
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        self._writable()
         m = self.manifest()
         for k, v in fields.items():
             if isinstance(v, dict) and isinstance(m.get(k), dict):
@@ -156,6 +203,7 @@ class ArtifactStore:
 
     def _write_text(self, name: str, text: str) -> None:
         if self.fs is None:
+            self.root.mkdir(parents=True, exist_ok=True)  # a writer's folder appears with its first write
             tmp = self.root / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, self.root / name)
@@ -171,12 +219,24 @@ class ArtifactStore:
         if self.stage_info(stage) is None:
             return False
         if self.fs is None:
-            folder = self.root / stage
-            # A folder whose version the manifest does not name is from a commit that never finished.
-            version = _version_of(folder)
-            return folder.is_dir() and (version is None or version == self.stage_info(stage).get("version"))
+            return self._local_stage(stage) is not None
         remote = self._remote_stage(stage, self.stage_info(stage).get("version"))
         return self.fs.get_file_info(remote).type == pafs.FileType.Directory
+
+    def _local_stage(self, stage: str) -> Path | None:
+        """The local folder holding the version the manifest names, or None."""
+        trusted = (self.stage_info(stage) or {}).get("version")
+        folder = self.root / stage
+        # A folder whose version the manifest does not name is from a commit that never finished.
+        version = _version_of(folder)
+        if folder.is_dir() and (version is None or version == trusted):
+            return folder
+        if self.mode == "r":
+            # A writer is between its renames: the committed version sits aside as .old-<stage>-*.
+            for old in self.root.glob(f"{_OLD_PREFIX}{stage}-*"):
+                if old.is_dir() and _version_of(old) == trusted:
+                    return old
+        return None
 
     def _remote_stage(self, stage: str, version: str | None) -> str:
         return f"{self._remote_root}/{stage}/v-{version}"
@@ -192,21 +252,24 @@ class ArtifactStore:
                 f"stage '{stage}' is not in the artifact store {self.uri}; run `ltray {stage}` "
                 f"(or `ltray fit`) first"
             )
+        if self.fs is None:
+            return self._local_stage(stage) or self.root / stage
         local = self.root / stage
-        if self.fs is not None:
-            version = self.stage_info(stage).get("version")
-            marker = local / ".version"
-            if not (marker.exists() and marker.read_text() == str(version)):
-                shutil.rmtree(local, ignore_errors=True)
-                local.mkdir(parents=True)
-                pafs.copy_files(self._remote_stage(stage, version), str(local),
-                                source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
-                marker.write_text(str(version))
+        version = self.stage_info(stage).get("version")
+        marker = local / ".version"
+        if not (marker.exists() and marker.read_text() == str(version)):
+            shutil.rmtree(local, ignore_errors=True)
+            local.mkdir(parents=True)
+            pafs.copy_files(self._remote_stage(stage, version), str(local),
+                            source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+            marker.write_text(str(version))
         return local
 
     @contextlib.contextmanager
     def writing(self, stage: str, fingerprint: str | None = None, **info: Any) -> Iterator[StageWriter]:
         """Write a stage into a temp folder; commit it on success, drop it on error."""
+        self._writable()
+        created = not self.root.exists()
         tmp = self.root / f"{_TMP_PREFIX}{stage}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         (tmp / _OWNER).write_text(f"{socket.gethostname()}:{os.getpid()}")
@@ -216,6 +279,9 @@ class ArtifactStore:
             yield writer
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if created:  # the run's first write failed: leave no empty run folder behind
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()
             raise
         version = uuid.uuid4().hex[:12]
         (tmp / _VERSION).write_text(version)

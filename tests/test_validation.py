@@ -223,8 +223,8 @@ def test_malformed_input_is_named_precisely_and_writes_nothing(tmp_path, name):
     assert err.column == c.column, msg
     if c.column:
         assert f"column '{c.column}'" in msg
-    # Nothing reached the store: no stage, no manifest, no temp folder.
-    assert sorted(p.name for p in run.iterdir()) == []
+    # Nothing reached the store: no stage, no manifest, no temp folder, not even an empty run folder.
+    assert not run.exists()
     assert store.manifest() == {"stages": {}}
     assert not store.has("data")
 

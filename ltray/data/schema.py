@@ -244,6 +244,11 @@ def validate_interactions(df: pd.DataFrame, item_ids: pd.Series | None, *,
             if len(df) == 0:
                 raise DataError("no interaction is left after dropping unknown items", file=source,
                                 column=col["item_id"])
+    if not (df["weight"].to_numpy() > 0).any():
+        # Zero weights count as seen but carry no preference: with nothing else, nothing can be learned.
+        raise DataError("every weight is 0: nothing can be learned from them (a few zeros are fine: those "
+                        "interactions count as seen)", file=df.attrs.get("source"), column=col["weight"],
+                        hint="fix the column, or drop --weight-col so that every interaction weighs 1.0")
     return df, stats
 
 
