@@ -2,7 +2,8 @@
 
 Each stage opens the artifact store at a URI and loads only what it needs:
 
-- `RecallStage` (CFRecall): ALS factors, seen items and user profiles -> user state + CF candidates;
+- `RecallStage` (CFRecall): ALS factors, the item-item model, seen items and user profiles -> user state +
+  CF candidates (ALS and item-item);
   fold-in of unseen users from their session items.
 - `RetrievalStage` (TailRetrieval): FAISS tail/full indexes, the text->CF bridge, the text encoder ->
   tail and bridge candidates merged with the CF part; `/similar` and `/search`.
@@ -50,7 +51,7 @@ class Artifacts:
 
     def __init__(self, uri: str, serve: ServeConfig | None = None):
         self.uri = str(uri)
-        self.store = ArtifactStore(self.uri)
+        self.store = ArtifactStore(self.uri, mode="r")
         manifest = self.store.manifest()
         cfg = Config.model_validate(manifest.get("config", {}))
         # Stage logic follows the config the run was fitted with; only the serve section is ours.
@@ -60,6 +61,15 @@ class Artifacts:
     @cached_property
     def items(self) -> pd.DataFrame:
         return pq.read_table(self.store.stage_path("data") / "items.parquet").to_pandas()
+
+    @cached_property
+    def titles(self) -> np.ndarray | None:
+        """The catalog's `title` column by item row (what a client shows), or None where it has none."""
+        path = self.store.stage_path("data") / "items.parquet"
+        if "title" not in pq.read_schema(path).names:
+            return None
+        return np.array([None if t is None else str(t) for t in pq.read_table(path, columns=["title"])
+                         .column("title").to_pylist()], dtype=object)
 
     @cached_property
     def item_ids(self) -> np.ndarray:
@@ -97,7 +107,7 @@ class Candidates:
 
 
 class RecallStage:
-    """CFRecall: user state (known, or folded in from session items) and ALS recall."""
+    """CFRecall: user state (known, or folded in from session items), ALS and item-item recall."""
 
     def __init__(self, art: Artifacts):
         self.cfg = art.cfg
@@ -110,8 +120,9 @@ class RecallStage:
         unknown = [i for i, r in zip(recent, rows, strict=True) if r < 0]
         state = self.generator.state(user_id, recent)
         if state is not None and not exclude_seen:
-            state = dataclasses.replace(state, seen=np.zeros(0, np.int64))
-        parts = [] if state is None else self.generator.recall_parts(state, self.cfg.blend.n_cf, 0, 0)
+            state = dataclasses.replace(state, exclude_seen=False)
+        b = self.cfg.blend
+        parts = [] if state is None else self.generator.recall_parts(state, b.n_cf, 0, 0, n_item=b.n_item)
         return Recall(state, parts, unknown, self.version)
 
 
@@ -124,6 +135,7 @@ class RetrievalStage:
         self.models = art.models(faiss_indexes=True)
         self.generator = CandidateGenerator(self.models, art.cfg)
         self._encoder = encoder
+        self.titles = art.titles
 
     @property
     def encoder(self):
@@ -157,15 +169,19 @@ class RetrievalStage:
 
     def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
         """Raises KeyError for an item outside the catalog."""
-        return self.generator.similar_items(item_id, k, segment)[["item_id", "score", "segment"]]
+        return self._shown(self.generator.similar_items(item_id, k, segment))
 
     def search(self, text: str, k: int, segment: str | None = None) -> pd.DataFrame:
         vec = self.encoder.encode([text])[0]
-        return self.generator.search_vector(vec, k, segment)[["item_id", "score", "segment"]]
+        return self._shown(self.generator.search_vector(vec, k, segment))
+
+    def _shown(self, hits: pd.DataFrame) -> pd.DataFrame:
+        return hits.assign(title=with_titles(self.titles, hits["item_idx"]))[["item_id", "title", "score",
+                                                                              "segment"]]
 
 
 class RankStage:
-    """CTRRanker: the Recommender's own scoring (ALS z-score + ranker logit) -> tail-aware blend -> reasons.
+    """CTRRanker: the Recommender's own scoring (CF score + ranker logit) -> tail-aware blend -> reasons.
 
     `rank` runs it in one go; Serve runs the same steps split around the CTR model's forward pass
     (`features` -> `forward` over several requests -> `finish`), so it can batch that pass.
@@ -179,6 +195,7 @@ class RankStage:
         # The very Recommender offline code builds (blend choice, explainer), minus the FAISS indexes.
         self.rec = load_recommender(art.uri, art.cfg, faiss_indexes=False)
         self._model = self.rec.ranker
+        self.titles = art.titles
 
     def applied_tail_share(self, state: UserState | None, tail_share: float | None = None) -> float:
         """The tail share this user's list gets: the one asked for, else the blend's (per user under
@@ -193,7 +210,7 @@ class RankStage:
                tail_share: float | None = None) -> Columns:
         """Scores from the model's probabilities, then the blended top k as columns."""
         scored = self.rec.fill_scores(dict(cands), *self.rec.parts_from(state, cands, probs))
-        return self.rec.top_k_columns(state, scored, k, tail_share)
+        return self._titled(self.rec.top_k_columns(state, scored, k, tail_share))
 
     def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """One forward pass over the concatenated features of several requests."""
@@ -203,9 +220,13 @@ class RankStage:
 
     def rank(self, user_id: str, state: UserState | None, cands: Columns, k: int,
              tail_share: float | None = None) -> Columns:
-        """The top k as columns (item_id, item_idx, score, segment, source, reason)."""
+        """The top k as columns (item_id, item_idx, title, score, segment, source, reason)."""
         scored = self.rec.score_candidates(user_id, state, dict(cands))
-        return self.rec.top_k_columns(state, scored, k, tail_share)
+        return self._titled(self.rec.top_k_columns(state, scored, k, tail_share))
+
+    def _titled(self, top: Columns) -> Columns:
+        # here, so both topologies (CTRRanker and the colocated Pipeline) answer with titles
+        return {**top, "title": with_titles(self.titles, top["item_idx"])}
 
 
 @dataclass
@@ -218,22 +239,31 @@ class Ranked:
     version: str
 
 
+def with_titles(titles: np.ndarray | None, item_idx) -> np.ndarray:
+    """The titles of these item rows (None each where the catalog has no title column)."""
+    rows = np.asarray(item_idx, np.int64)
+    return titles[rows] if titles is not None else np.full(len(rows), None, dtype=object)
+
+
 def recommendation(user_id: str, recall: Recall, cands: Candidates, top: Columns, tail_share: float,
                    version: str) -> dict[str, Any]:
     """The /recommend response body from the stages' outputs."""
-    reasons = top["reason"] if "reason" in top else [""] * len(top["item_id"])
-    items = [{"item_id": str(i), "score": float(s), "segment": str(g), "source": str(o), "reason": str(r)}
-             for i, s, g, o, r in zip(top["item_id"], top["score"].tolist(), top["segment"], top["source"],
-                                      reasons, strict=True)]
+    n = len(top["item_id"])
+    reasons = top["reason"] if "reason" in top else [""] * n
+    titles = top["title"] if "title" in top else [None] * n
+    items = [{"item_id": str(i), "title": t, "score": float(s), "segment": str(g), "source": str(o),
+              "reason": str(r)}
+             for i, t, s, g, o, r in zip(top["item_id"], titles, top["score"].tolist(), top["segment"],
+                                         top["source"], reasons, strict=True)]
     return {"user_id": user_id, "items": items, "fallback": cands.fallback, "tail_share": float(tail_share),
             "unknown_recent_items": recall.unknown_recent_items, "version": version}
 
 
 def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
-    items = [{"item_id": str(r.item_id), "score": float(r.score), "segment": str(r.segment)}
-             for r in table.itertuples(index=False)]
+    items = [{"item_id": str(r.item_id), "title": getattr(r, "title", None), "score": float(r.score),
+              "segment": str(r.segment)} for r in table.itertuples(index=False)]
     return {"items": items, "version": version}
 
 
 __all__ = ["Artifacts", "Candidates", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
-           "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of"]
+           "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of", "with_titles"]

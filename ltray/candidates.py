@@ -1,4 +1,5 @@
-"""Candidate generation: ALS recall, FAISS tail retrieval and the text->CF bridge, for one user or many.
+"""Candidate generation: ALS and item-item recall, FAISS tail retrieval and the text->CF bridge, for one
+user or many.
 
 `CandidateModels` holds everything fitted on one training set, aligned to the
 catalog's item rows. `CandidateGenerator` turns a user (known, or described by
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ltray.cf.als import ALSRecall
+from ltray.cf.itemitem import ItemItemRecall
+from ltray.cf.scores import CFScorer
 from ltray.config import Config
 from ltray.data.segments import COLD, HEAD, SEGMENT_CODES, TAIL
 from ltray.index.bridge import TextToCFBridge
@@ -23,7 +26,7 @@ from ltray.index.faiss_index import VectorIndex, build_subset, build_tail_and_fu
 from ltray.index.profiles import recent_items_of, user_profiles
 
 SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
-SOURCES = ("cf", "tail", "bridge", "pop")
+SOURCES = ("cf", "item", "tail", "bridge", "pop")
 # A candidate table as plain column arrays (item_idx, from_*, *_score, source, segment): one row per item.
 Columns = dict[str, np.ndarray]
 DAY = 86_400.0
@@ -36,10 +39,16 @@ class UserState:
     factor: np.ndarray          # ALS factor (f,), zeros when unknown
     profile: np.ndarray         # text profile (d,), zeros when unknown
     recent: np.ndarray          # recent item rows, most recent first
-    seen: np.ndarray            # item rows to exclude
+    seen: np.ndarray            # every item row of the history (what the item-item model scores from)
     n: float = 0.0              # training interactions
     last_ts: int = 0
     tail_affinity: float = 0.0  # share of the history outside the head (scales per-user quotas)
+    exclude_seen: bool = True   # False: items of the history may be recommended again
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """Item rows that recall leaves out."""
+        return np.asarray(self.seen, np.int64) if self.exclude_seen else np.zeros(0, np.int64)
 
 
 @dataclass
@@ -62,10 +71,16 @@ class CandidateModels:
     now_ts: int
     vector_mean: np.ndarray | None = None  # catalog mean removed from text vectors (see center_vectors)
     cold_index: VectorIndex | None = None  # cold items alone (None: no cold items, or FAISS left out)
+    item_item: ItemItemRecall | None = None  # None: cf.item.kind=none
 
     @property
     def user_ids(self) -> np.ndarray:
         return self.als.user_ids
+
+    @cached_property
+    def cf(self) -> CFScorer:
+        """The CF score: ALS and item-item z-scores mixed by the cf.mix chosen on validation."""
+        return CFScorer(self.als, self.item_item, float(self.als.cfg.mix or 0.0))
 
     @cached_property
     def user_tail_affinity(self) -> np.ndarray:
@@ -102,6 +117,7 @@ class CandidateModels:
         als = ALSRecall(cfg.cf, user_ids=users, item_ids=item_ids)
         als.fit(user_rows, item_rows, train["weight"].to_numpy(np.float32), n_users=len(users),
                 n_items=len(item_ids))
+        item_item = ItemItemRecall(cfg.cf.item).fit(als.seen) if cfg.cf.item.kind != "none" else None
         head = item_segment == SEGMENT_CODES[HEAD]
         bridge = TextToCFBridge(cfg.index.bridge_l2).fit(item_vectors[head], als.item_factors[head])
         tail_index, full_index = build_tail_and_full(item_vectors, item_segment != SEGMENT_CODES[HEAD], cfg.index)
@@ -118,11 +134,13 @@ class CandidateModels:
                    item_bridge=bridge.predict(item_vectors).astype(np.float32), tail_index=tail_index,
                    full_index=full_index, user_profiles=profiles, user_recent=recent, user_n=user_n,
                    user_last_ts=last, now_ts=int(ts.max()) if len(ts) else 0, vector_mean=mean,
-                   cold_index=cold_index)
+                   cold_index=cold_index, item_item=item_item)
 
     # -- persistence: cf/ holds ALS; index/ holds the rest ----------------------
     def save(self, cf_dir: Path, index_dir: Path) -> None:
         self.als.save(cf_dir)
+        if self.item_item is not None:
+            self.item_item.save(cf_dir)
         index_dir.mkdir(parents=True, exist_ok=True)
         self.tail_index.save(index_dir / "tail.faiss")
         self.full_index.save(index_dir / "full.faiss")
@@ -164,7 +182,7 @@ class CandidateModels:
                    full_index=VectorIndex.load(index_dir / "full.faiss") if faiss_indexes else None,
                    user_profiles=profiles,
                    user_recent=recent, user_n=user_n, user_last_ts=last, now_ts=int(meta["now_ts"]),
-                   vector_mean=mean, cold_index=cold_index)
+                   vector_mean=mean, cold_index=cold_index, item_item=ItemItemRecall.load(cf_dir))
 
 
 class CandidateGenerator:
@@ -209,10 +227,6 @@ class CandidateGenerator:
                          np.unique(extra), float(len(extra)), self.m.now_ts, self.m.tail_affinity_of(extra))
 
     # -- candidates ---------------------------------------------------------------
-    def candidates(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
-                   n_bridge: int | None = None, n_cold: int | None = None) -> pd.DataFrame:
-        return pd.DataFrame(self.candidate_columns(state, n_cf, n_tail, n_bridge, n_cold))
-
     def candidate_columns(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
                           n_bridge: int | None = None, n_cold: int | None = None) -> Columns:
         """`candidates` as plain column arrays (the per-request form: no DataFrame)."""
@@ -221,7 +235,7 @@ class CandidateGenerator:
         n_tail = b.n_tail if n_tail is None else n_tail
         n_bridge = b.n_bridge if n_bridge is None else n_bridge
         n_cold = b.n_cold if n_cold is None else n_cold
-        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge, n_cold)
+        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge, n_cold, b.n_item)
         return self.merge_parts(state, parts, n_cf + n_tail)
 
     def candidate_columns_many(self, states: list[UserState | None], chunk: int = 256):
@@ -232,31 +246,39 @@ class CandidateGenerator:
         for lo in range(0, len(states), chunk):
             block = states[lo:lo + chunk]
             live = [j for j, st in enumerate(block) if st is not None]
-            recalled = self.recall_parts_many([block[j] for j in live], b.n_cf, b.n_tail, b.n_bridge, b.n_cold)
+            recalled = self.recall_parts_many([block[j] for j in live], b.n_cf, b.n_tail, b.n_bridge, b.n_cold,
+                                              b.n_item)
             parts = dict(zip(live, recalled, strict=True))
             for j, st in enumerate(block):
                 yield self.merge_parts(st, parts.get(j, []), b.n_cf + b.n_tail)
 
-    def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0
-                     ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0,
+                     n_item: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(source, item rows, scores) per source that has something; Serve runs them in separate stages.
 
         The tail part holds the n_tail best tail/cold items and the n_cold best cold items: both come from
         the same text search (profile + recent items), the cold ones from an index of cold items alone."""
-        return self.recall_parts_many([state], n_cf, n_tail, n_bridge, n_cold)[0]
+        return self.recall_parts_many([state], n_cf, n_tail, n_bridge, n_cold, n_item)[0]
 
-    def recall_parts_many(self, states: list[UserState], n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0
-                          ) -> list[list[tuple[str, np.ndarray, np.ndarray]]]:
-        """`recall_parts` for several users at once: one ALS top-k and one FAISS search per index for all
-        of them (a FAISS pass over the index costs about the same for 6 queries as for 200)."""
+    def recall_parts_many(self, states: list[UserState], n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0,
+                          n_item: int = 0) -> list[list[tuple[str, np.ndarray, np.ndarray]]]:
+        """`recall_parts` for several users at once: one ALS top-k, one item-item product and one FAISS
+        search per index for all of them (a FAISS pass over the index costs about the same for 6 queries
+        as for 200)."""
         parts: list[list] = [[] for _ in states]
-        seen = [np.asarray(st.seen, np.int64) for st in states]
+        seen = [st.excluded for st in states]
         cf = [i for i, st in enumerate(states) if n_cf and np.any(st.factor)]
         if cf:
             ids, sc = self.m.als.recommend_vectors(np.stack([states[i].factor for i in cf]), n_cf,
                                                    [seen[i] for i in cf])
             for j, i in enumerate(cf):
                 parts[i].append(("cf", ids[j], sc[j]))
+        item = [i for i, st in enumerate(states) if n_item and self.m.item_item is not None and len(st.seen)]
+        if item:
+            ids, sc = self.m.item_item.recommend([np.asarray(states[i].seen, np.int64) for i in item], n_item,
+                                                 [seen[i] for i in item])
+            for j, i in enumerate(item):
+                parts[i].append(("item", ids[j], sc[j]))
         tail = [i for i, st in enumerate(states) if (n_tail or n_cold) and np.any(st.profile)]
         if tail:
             found = self._tail_search([states[i] for i in tail], n_tail, [seen[i] for i in tail], n_cold)
@@ -277,7 +299,7 @@ class CandidateGenerator:
         if state is None:
             return self._fallback(n_fallback)
         if not parts:
-            return self._fallback(n_fallback, np.asarray(state.seen, np.int64))
+            return self._fallback(n_fallback, state.excluded)
         return self._merge(parts)
 
     def _tail_search(self, states: list[UserState], n: int, seen: list[np.ndarray], n_cold: int = 0

@@ -68,6 +68,23 @@ class EmbedConfig(_Section):
                               "length within it, so each forward pass pads little")
 
 
+class ItemItemConfig(_Section):
+    kind: Literal["rp3beta", "ease", "none"] = Field(
+        "rp3beta", description="item x item model: RP3beta (sparse random walk), EASE (an n x n inverse, up to "
+        "ease_max_items trained items) or none; with cf.tune on, chosen on validation among those that apply")
+    alpha: float = Field(1.0, gt=0, description="RP3beta: transition probabilities are raised to this power")
+    beta: float = Field(0.3, ge=0, description="RP3beta: a target item's weight is divided by its popularity**beta")
+    l2: float = Field(200.0, gt=0, description="EASE: ridge penalty on the item x item regression")
+    neighbours: int = Field(100, ge=1, description="weights kept per item (the largest)")
+    ease_max_items: int = Field(5_000, ge=0, description="EASE is tried only up to this many trained items: its "
+                                "inverse costs n^3 (seconds at 5k items on 2 cores, minutes at 10k)")
+    tune_grid: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=lambda: {"rp3beta": {"beta": [0.0, 0.3, 0.6], "alpha": [0.5, 1.0],
+                                             "neighbours": [50, 200]},
+                                 "ease": {"l2": [20.0, 200.0, 2000.0]}},
+        description="per kind: fields and the values tried when cf.tune is on")
+
+
 class CFConfig(_Section):
     factors: int = Field(64, ge=2)
     regularization: float = Field(0.05, ge=0)
@@ -81,19 +98,30 @@ class CFConfig(_Section):
     num_threads: int = Field(0, ge=0, description="implicit's threads; 0 = all cores")
     use_gpu: Literal["auto", "never", "always"] = "auto"
     seed: int = 0
-    tune: bool = Field(False, description="choose the tune_grid point with the best validation Recall@20 (a "
-                       "time split carved from train, as for the baselines); off by default: see README, Results")
+    item: ItemItemConfig = ItemItemConfig()
+    mix: float | None = Field(None, ge=0, le=1, description="weight of the item-item z-score in the CF score "
+                              "(1 - mix on ALS's); None = chosen on validation from mix_grid")
+    mix_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    tune: bool = Field(True, description="choose ALS's and the item-item model's values on validation Recall@20 "
+                       "(a time split carved from train, as for the baselines)")
     tune_grid: dict[str, list[Any]] = Field(
-        default_factory=lambda: {"factors": [32, 64, 128], "regularization": [0.05, 0.5],
-                                 "weighting": ["binary", "alpha"]},
-        description="cf fields and the values tried when tune is on")
+        default_factory=lambda: {"weighting": ["alpha", "binary", "bm25"], "alpha": [1.0, 4.0, 16.0, 40.0],
+                                 "regularization": [0.01, 0.1, 1.0], "factors": [32, 64, 128]},
+        description="ALS fields and the values tried when tune is on: a coordinate search from the configured "
+        "point (each field in turn, the others held at their best so far), in rounds while the budget lasts")
+    tune_rounds: int = Field(1, ge=1, description="coordinate-search passes over the ALS grid")
+    tune_budget_s: float = Field(120.0, gt=0, description="wall-clock budget of the whole CF search; what is not "
+                                 "tried by then keeps its best value so far")
+    tune_max_users: int = Field(3000, ge=10, description="validation users scored per point (a seeded sample above)")
 
     @field_validator("tune_grid")
     @classmethod
     def _grid_names_cf_fields(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        unknown = sorted(set(v) - (set(cls.model_fields) - {"tune", "tune_grid"}))
+        tunable = set(cls.model_fields) - {"tune", "tune_grid", "tune_rounds", "tune_budget_s", "tune_max_users",
+                                           "item", "mix", "mix_grid"}
+        unknown = sorted(set(v) - tunable)
         if unknown:
-            raise ValueError(f"cf.tune_grid names {unknown}, which are not cf fields")
+            raise ValueError(f"cf.tune_grid names {unknown}, which are not ALS fields of cf")
         if any(not isinstance(vals, list) or not vals for vals in v.values()):
             raise ValueError("cf.tune_grid values must be non-empty lists")
         return v
@@ -185,6 +213,7 @@ class RankConfig(_Section):
 
 class BlendConfig(_Section):
     n_cf: int = Field(200, ge=0)
+    n_item: int = Field(200, ge=0, description="candidates the item-item model (cf.item) adds per user")
     n_tail: int = Field(100, ge=0)
     n_bridge: int = Field(100, ge=0)
     n_cold: int = Field(50, ge=0, description="cold (never interacted) items the tail retrieval adds, searched "
@@ -229,6 +258,8 @@ class ServeConfig(_Section):
     max_text_chars: int = Field(2000, ge=1, le=2000, description="longest /search text (schema caps at 2000)")
     max_recent_items: int = Field(500, ge=1, le=500, description="most session items in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    body_read_timeout_s: float = Field(5.0, gt=0, description="a request body not fully received within this "
+                                       "gets 408 (a client that declares more than it sends holds no connection)")
     max_batch_size: int = Field(32, ge=1, description="requests batched together: per CTRRanker forward pass, "
                                 "per TailRetrieval FAISS search, per colocated Pipeline call")
     batch_wait_timeout_s: float = Field(
@@ -259,7 +290,12 @@ class EvalConfig(_Section):
     cold_share_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25)
     ranker_weight_grid: tuple[float, ...] = (0.0, 1.0, 8.0, 32.0)
     quota_by_grid: tuple[Literal["uniform", "affinity"], ...] = ("uniform", "affinity")
-    baselines: tuple[str, ...] = ("mostpop", "als", "itemknn", "contentknn", "als_tail_quota", "lightfm")
+    baselines: tuple[Literal["mostpop", "als", "itemknn", "contentknn", "ease", "rp3beta", "als_tail_quota",
+                             "als_text_blend", "lightfm"], ...] = Field(
+        ("mostpop", "als", "itemknn", "contentknn", "ease", "rp3beta", "als_tail_quota", "als_text_blend",
+         "lightfm"),
+        description="the baselines the report runs (ALS always runs: the exposure charts compare against it; "
+        "a hybrid brings in ALS and ContentKNN)")
     tune: bool = Field(True, description="grid-search every baseline on a validation split carved from train")
     tune_metric: str = Field("Recall@20", description="what baseline tuning maximises on validation")
     baseline_grids: dict[str, dict[str, list[Any]]] = Field(
@@ -270,10 +306,21 @@ class EvalConfig(_Section):
             "itemknn": {"neighbours": [50, 200]},
             "contentknn": {"half_life_days": [None, 365.0], "center": [True], "recent_items": [None, 30]},
             "lightfm": {"no_components": [32, 64], "epochs": [10, 30]},
+            # log scale: the best EASE regularization depends on the data's size and density
+            "ease": {"regularization": [50.0, 200.0, 500.0, 2000.0]},
+            "rp3beta": {"alpha": [0.5, 1.0], "beta": [0.0, 0.3, 0.6], "neighbours": [50, 200]},
+            # The hybrids tune only their own weight / share; their ALS and ContentKNN keep the
+            # parameters tuned for those rows.
+            "als_text_blend": {"text_weight": [0.1, 0.3, 1.0]},
+            "als_tail_quota": {"tail_share": [0.1, 0.2, 0.4]},
         },
         description="hyper-parameter grid per baseline; a baseline without a grid runs with its defaults")
     tail_quota_share: float = Field(0.4, ge=0, le=1, description="share of slots ALS+TailQuota gives to "
-                                    "ContentKNN's tail / cold items (fixed, not tuned)")
+                                    "ContentKNN's tail / cold items when it is not tuned (eval.tune false or "
+                                    "no als_tail_quota grid)")
+    ease_max_items: int = Field(20_000, ge=1, description="EASE is skipped (a log line and a note in the "
+                                "report) above this many items with a training interaction: it inverts an "
+                                "n x n matrix (n^3 flops, 1.6 GB a float32 copy at 20k)")
     popularity_bins: int = Field(10, ge=2, description="bins of the report's popularity exposure chart")
     example_users: int = 3
 

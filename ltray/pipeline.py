@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from ltray.artifacts import ArtifactStore, fingerprint_of
 from ltray.candidates import SEGMENT_CODES, CandidateModels
 from ltray.config import Config
-from ltray.data import Dataset, load_dataset, temporal_holdout
+from ltray.data import Dataset, temporal_holdout
+from ltray.data.checks import load_checked
 from ltray.data.segments import segment_code_array
 
 Log = Any  # a callable(str) -> None; rich console print in the CLI
@@ -47,9 +48,12 @@ def _print(msg: str) -> None:
 
 
 # -- data ----------------------------------------------------------------------------
-def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _print) -> Bundle:
+def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _print, dataset: Dataset | None = None,
+               check_sizes: bool = True) -> Bundle:
+    """`dataset`: the input already read and checked (`load_checked`: the CLI does it before Ray starts)."""
     t0 = time.perf_counter()
-    ds: Dataset = load_dataset(cfg.data)  # validates before anything is written
+    # Validates, and refuses data too small for the rank stage, before anything is written.
+    ds: Dataset = dataset if dataset is not None else load_checked(cfg, holdout, check_sizes)
     fp = fingerprint_of({"sources": ds.sources, "data": cfg.fingerprint("data"), "holdout": holdout,
                          "n": [len(ds.items), len(ds.interactions)]})
     if holdout:
@@ -118,18 +122,18 @@ def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors:
         log("cf + index: unchanged, skipped")
         models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), bundle.item_ids, vectors)
     else:
-        from ltray.cf.tune import tune_cf
+        from ltray.cf.tune import chosen_params, describe_choice, tune_cf
 
-        cf_cfg, trials = tune_cf(bundle.train, bundle.item_ids, cfg)
-        chosen = {k: getattr(cf_cfg, k) for k in cfg.cf.tune_grid} if cfg.cf.tune else {}
-        if trials:
-            log(f"cf: {chosen} chosen on validation ({len(trials)} grid points)")
+        cf_cfg, search = tune_cf(bundle.train, bundle.item_ids, cfg)
+        chosen = chosen_params(cf_cfg)
+        if search:
+            log(f"cf: {describe_choice(cf_cfg, search)}")
         models = CandidateModels.fit(bundle.train, bundle.item_ids, vectors, bundle.item_segment,
                                      cfg.model_copy(update={"cf": cf_cfg}))
         with store.writing("cf", fingerprint=fp) as wc, store.writing("index", fingerprint=fp) as wi:
             models.save(wc.path, wi.path)
             wc.info.update(users=len(models.user_ids), factors=int(models.als.item_factors.shape[1]),
-                           cf_params=chosen, tune_trials=trials)
+                           cf_params=chosen, tune=search)
             wi.info.update(tail_items=models.tail_index.ntotal, full_items=models.full_index.ntotal)
         log(f"cf + index: ALS on {len(models.user_ids):,} users; tail index {models.tail_index.ntotal:,} items")
     bundle.timings["cf+index"] = time.perf_counter() - t0
@@ -169,7 +173,7 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     return Ranker.load(path), json.loads((path / "blend.json").read_text())
 
 
-def load_recommender(artifacts: str | Path, cfg: Config | None = None, faiss_indexes: bool = True):
+def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None = None, faiss_indexes: bool = True):
     """The Recommender a run folder describes (what Serve and `ltray recommend` use).
 
     `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
@@ -178,7 +182,8 @@ def load_recommender(artifacts: str | Path, cfg: Config | None = None, faiss_ind
     from ltray.recommend import Explainer, Recommender
     from ltray.text_mining import item_keywords
 
-    store = ArtifactStore(str(artifacts))
+    # A reader: never creates or recovers the store; a missing run is one ArtifactError naming it.
+    store = artifacts if isinstance(artifacts, ArtifactStore) else ArtifactStore(str(artifacts), mode="r")
     cfg = cfg or Config.model_validate(store.manifest().get("config", {}))
     items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
     item_ids = items["item_id"].to_numpy().astype(str)
@@ -196,10 +201,11 @@ def load_recommender(artifacts: str | Path, cfg: Config | None = None, faiss_ind
     return rec
 
 
-def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print) -> dict[str, Any]:
-    """Every stage on the given interactions (no holdout unless asked)."""
+def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print,
+        dataset: Dataset | None = None) -> dict[str, Any]:
+    """Every stage on the given interactions (no holdout unless asked); `dataset` as for `stage_data`."""
     store = ArtifactStore(artifacts)
-    bundle = stage_data(store, cfg, holdout, log)
+    bundle = stage_data(store, cfg, holdout, log, dataset)
     vectors = stage_embed(store, cfg, bundle, log)
     models = stage_candidates(store, cfg, bundle, vectors, log)
     ranker, blend_choice = stage_rank(store, cfg, bundle, vectors, log)
@@ -293,10 +299,10 @@ def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+i
     return out
 
 
-def run(cfg: Config, artifacts: str, log: Log = _print) -> Path:
+def run(cfg: Config, artifacts: str, log: Log = _print, dataset: Dataset | None = None) -> Path:
     """Split -> fit on train -> evaluate on test -> report. Returns the report path."""
     from ltray.eval.stage import stage_eval
 
-    parts = fit(cfg, artifacts, holdout=True, log=log)
+    parts = fit(cfg, artifacts, holdout=True, log=log, dataset=dataset)
     report = stage_eval(parts, cfg, log)
     return report

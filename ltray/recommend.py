@@ -51,6 +51,7 @@ def feature_context(m: CandidateModels) -> FeatureContext:
         item_bridge=m.item_bridge, item_pop=m.item_pop, item_segment=m.item_segment,
         user_ids=m.user_ids, user_factors=m.als.user_factors, user_profiles=m.user_profiles,
         user_n=m.user_n, user_last_ts=m.user_last_ts, now_ts=m.now_ts,
+        item_item=m.item_item, user_seen=m.als.seen,
     )
 
 
@@ -74,6 +75,8 @@ class Explainer:
                 return f"similar to {liked}, which you liked"
         if source == "cf":
             return "people with tastes like yours liked it"
+        if source == "item":
+            return "people who liked what you liked also liked it"
         if source == "bridge":
             return "fits the taste of people like you, though few have found it yet"
         if source == "tail":
@@ -118,14 +121,9 @@ class Recommender:
         return self.shares_for(state, tail_share, None, None if tail_share is None else "uniform")
 
     # -- scoring --------------------------------------------------------------------
-    def score(self, user_id: str, state: UserState | None, cands: Cands) -> np.ndarray:
-        """The final score: the user's standardised ALS score plus ranker_weight x the ranker's logit."""
-        cf_z, logit = self.score_parts(user_id, state, cands)
-        return combine(cf_z, logit, self.ranker_weight)
-
     def score_parts(self, user_id: str, state: UserState | None, cands: Cands
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(standardised ALS score, ranker logit or None) for every candidate."""
+        """(CF score, ranker logit or None) for every candidate."""
         feats = self.ranker_features(user_id, state, cands)
         return self.parts_from(state, cands, None if feats is None else self.ranker.score_features(feats))
 
@@ -138,24 +136,16 @@ class Recommender:
 
     def parts_from(self, state: UserState | None, cands: Cands, probs: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(standardised ALS score, ranker logit or None) given the model's click probabilities (or None)."""
+        """(CF score, ranker logit or None) given the model's click probabilities (or None)."""
         if state is None or not np.any(state.factor):
             # A user we know nothing of: keep the generator's own order.
             return _source_order(cands), None
-        cf_z = self.cf_z(state.factor, np.asarray(cands["item_idx"], np.int64))
+        cf_z = self.models.cf.z(state.factor, state.seen, np.asarray(cands["item_idx"], np.int64))
         if self.ranker is None:
             return cf_z, None
         probs = np.zeros(0, np.float32) if probs is None else probs  # no candidates
         p = np.clip(np.asarray(probs).astype(np.float64), 1e-7, 1 - 1e-7)
         return cf_z, np.log(p / (1 - p)).astype(np.float32)
-
-    def cf_z(self, factor: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """ALS scores standardised over the whole catalog for this user (comparable across users)."""
-        mu, cov = self.ctx.factor_stats
-        u = np.asarray(factor, np.float64)
-        raw = self.models.als.item_factors[item_idx].astype(np.float64) @ u
-        std = np.sqrt(max(float(u @ cov @ u), 0.0)) + 1e-12
-        return ((raw - u @ mu) / std).astype(np.float32)
 
     def _ranker_features(self, user_id: str, state: UserState, cands: Cands) -> dict[str, np.ndarray]:
         # Plain columns, one user id for every row: the FeatureBuilder's per-request form.
@@ -165,7 +155,8 @@ class Recommender:
         if self.generator.user_row(user_id) is None or len(state.recent) != len(
                 self.models.user_recent[self.generator.user_row(user_id)]):
             override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts,
-                                                    recent_factor(self.models.als.item_factors, state.recent))}
+                                                    recent_factor(self.models.als.item_factors, state.recent),
+                                                    history=state.seen)}
         return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
     def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
@@ -173,7 +164,7 @@ class Recommender:
         """The user's state and scored candidate columns (see `score_candidates`)."""
         state = self.generator.state(user_id, recent_items)
         if state is not None and not exclude_seen:
-            state = dataclasses.replace(state, seen=np.zeros(0, np.int64))
+            state = dataclasses.replace(state, exclude_seen=False)
         cands = self.generator.candidate_columns(state)
         return state, self.score_candidates(user_id, state, cands)
 
@@ -266,7 +257,7 @@ def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) ->
 def _source_order(cands: Cands) -> np.ndarray:
     """Without a ranker: CF score order first, then the other sources by their own scores."""
     cf = np.asarray(cands["cf_score"], np.float64)
-    other = np.nanmax(np.stack([np.asarray(cands[c], np.float64) for c in ("tail_score", "bridge_score", "pop_score")],
+    other = np.nanmax(np.stack([np.asarray(cands[c], np.float64) for c in ("item_score", "tail_score", "bridge_score", "pop_score")],
                                axis=1), axis=1, initial=-np.inf) if len(cf) else np.zeros(0)
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 

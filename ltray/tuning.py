@@ -27,8 +27,8 @@ from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 from ltray.threads import single_threaded
+from ltray.validation import TUNE_K, user_recall
 
-TUNE_K = 20
 _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
                "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
 
@@ -46,11 +46,11 @@ def held_out_rows(gen: CandidateGenerator, held: pd.DataFrame, users: np.ndarray
 
 
 def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.ndarray, k: int) -> np.ndarray:
+    """Each user's top k by the CF score alone over the whole catalog: the list the recall floor is set by."""
     rows = np.array([gen.user_row(u) for u in users], np.int64)
-    ids, _ = models.als.recommend(rows, k)
-    out = np.full((len(users), k), -1, np.int64)
-    out[:, : ids.shape[1]] = ids
-    return out
+    seen = models.als.seen
+    histories = [seen.indices[seen.indptr[r]:seen.indptr[r + 1]].astype(np.int64) for r in rows]
+    return models.cf.recommend(models.als.user_factors[rows], histories, k, exclude=histories)
 
 
 def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int = TUNE_K) -> float:
@@ -59,19 +59,6 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
     then ColdRecall is 0 everywhere and says nothing)."""
     tail, cold = point[f"TailRecall@{k}"], point.get(f"ColdRecall@{k}", 0.0)
     return float(np.sqrt(tail * cold)) if objective == "balanced" else tail + cold
-
-
-def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K) -> np.ndarray:
-    """Recall@k of each list position in `held` (sorted), as `evaluate` averages it."""
-    pos = np.array(sorted(held), np.int64)
-    counts = np.array([len(held[p]) for p in pos], np.int64)
-    user = np.repeat(np.arange(len(pos)), counts)
-    item = np.concatenate([held[p] for p in pos]) if len(pos) else np.zeros(0, np.int64)
-    top = lists[pos, :k]
-    width = int(max(top.max(initial=-1), item.max(initial=-1))) + 2  # (user, item + 1) as one key; -1 pads
-    listed = (np.arange(len(pos))[:, None] * width + top + 1)[top >= 0]
-    hits = np.isin(user * width + item + 1, listed)
-    return np.bincount(user, weights=hits, minlength=len(pos)) / np.maximum(counts, 1)
 
 
 def floor_gap_se(point: np.ndarray, cf: np.ndarray, max_loss: float) -> float:

@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ltray.config import RankConfig
-from ltray.rank.features import FeatureContext
+from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.sampling import sample_training_table, time_validation_split
 
 TEXT_DIM = 32
@@ -94,9 +94,9 @@ def make_candidates(ctx: FeatureContext, n_cf: int = 30, n_pop: int = 15,
     df["one"] = np.float32(1.0)
     wide = df.pivot_table(index=["user_id", "item_idx"], columns="src", values="one", aggfunc="max", fill_value=0)
     wide = wide.reset_index()
-    for c in ("from_cf", "from_tail", "from_bridge", "from_pop"):
+    for c in SOURCE_FLAGS:
         wide[c] = wide[c].astype(np.float32) if c in wide else np.zeros(len(wide), np.float32)
-    return wide[["user_id", "item_idx", "from_cf", "from_tail", "from_bridge", "from_pop"]]
+    return wide[["user_id", "item_idx", *SOURCE_FLAGS]]
 
 
 def sample_tables(ctx, train_pos, val_pos, candidates, history, cfg: RankConfig, seed: int = 0):

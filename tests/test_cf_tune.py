@@ -1,4 +1,4 @@
-"""ltray's own ALS values are chosen on a validation split carved from train, as the baselines' are."""
+"""ltray's own CF values are chosen on a validation split carved from train, as the baselines' are."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from ltray.cf.als import ALSRecall
-from ltray.cf.tune import tune_cf, with_cf
+from ltray.cf.tune import chosen_params, tune_cf, with_cf
 from ltray.config import Config, ConfigError, load_config
+from ltray.data.synthetic import generate
+from ltray.validation import coordinate_search
 
 
 def _with_cf(cfg: Config, **cf) -> Config:
@@ -15,21 +17,51 @@ def _with_cf(cfg: Config, **cf) -> Config:
     return Config.model_validate({**d, "cf": {**d["cf"], **cf}})
 
 
-def test_tune_picks_the_grid_point_with_the_best_validation_recall(small_config, small_synthetic):
-    cfg = _with_cf(small_config, iterations=4, tune=True,
+def test_tune_picks_the_point_with_the_best_validation_recall(small_config, small_synthetic):
+    cfg = _with_cf(small_config, iterations=4, tune=True, mix=None,
                    tune_grid={"factors": [4, 32], "weighting": ["binary", "alpha"]})
-    chosen, trials = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
-    assert len(trials) == 4
+    chosen, search = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
+    trials = search["als"]["trials"]
     best = max(trials, key=lambda t: t["Recall@20"])
     assert (chosen.factors, chosen.weighting) == (best["factors"], best["weighting"])
     assert len({round(t["Recall@20"], 6) for t in trials}) > 1  # the grid points really differ
-    assert with_cf(cfg, {"factors": chosen.factors}).cf.factors == chosen.factors
+    # The item-item model and the mix are chosen the same way, and the mix includes either source alone.
+    assert chosen.item.kind in search["item"]
+    by_mix = search["mix"]["Recall@20"]
+    assert {0.0, 1.0} <= set(by_mix) and by_mix[chosen.mix] == max(by_mix.values())
+    assert with_cf(cfg, chosen_params(chosen)).cf == chosen
 
 
 def test_tune_off_keeps_the_configured_values(small_config, small_synthetic):
     cfg = _with_cf(small_config, tune=False, factors=12)
-    chosen, trials = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
-    assert trials == [] and chosen.factors == 12
+    chosen, search = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
+    assert search == {} and chosen.factors == 12 and chosen.mix == 0.0
+
+
+@pytest.mark.parametrize(("synthetic", "high"), [
+    # Few items, many interactions each, weak topics: confident positives pay (validation picks alpha 40).
+    ({"n_items": 300, "n_users": 400, "interactions_per_user": 60, "topic_affinity": 0.3}, True),
+    # A sparse catalog of a few interactions per user: high confidence over-fits them (alpha 1).
+    ({"n_items": 3000, "n_users": 400, "interactions_per_user": 8}, False),
+])
+def test_alpha_follows_the_data(synthetic, high):
+    over = [f"data.synthetic.{k}={v}" for k, v in synthetic.items()]
+    cfg = load_config(overrides=[*over, "cf.iterations=8", "cf.weighting=binary", "cf.mix=0",
+                                 'cf.tune_grid={"alpha": [1.0, 4.0, 16.0, 40.0]}', "cf.item.tune_grid={}"])
+    ds = generate(cfg.data.synthetic)
+    chosen, search = tune_cf(ds.interactions, ds.items["item_id"].to_numpy(), cfg)
+    assert chosen.alpha == max(search["als"]["trials"], key=lambda t: t["Recall@20"])["alpha"]
+    assert chosen.alpha >= 16 if high else chosen.alpha <= 4
+
+
+def test_coordinate_search_moves_one_field_at_a_time_and_keeps_the_start_on_ties():
+    grid = {"a": [0, 1, 2], "b": [0, 1, 2]}
+    score = lambda p: -((p["a"] - 2) ** 2) - (p["b"] - 1) ** 2  # noqa: E731
+    best, value, trials = coordinate_search(grid, {"a": 0, "b": 0}, score)
+    assert best == {"a": 2, "b": 1} and value == 0
+    assert len(trials) == 5  # start, a=1, a=2, b=1, b=2: each point once
+    flat, _, _ = coordinate_search(grid, {"a": 1, "b": 1}, lambda p: 0.0)
+    assert flat == {"a": 1, "b": 1}
 
 
 def test_binary_weighting_ignores_the_weights():

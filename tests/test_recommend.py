@@ -95,7 +95,8 @@ def test_recall_floor_in_standard_errors_keeps_a_noisy_point_out():
 
 def test_user_recall_averages_to_evaluate_and_its_gap_se_is_paired():
     from ltray.eval.metrics import evaluate
-    from ltray.tuning import floor_gap_se, user_recall
+    from ltray.tuning import floor_gap_se
+    from ltray.validation import user_recall
 
     rng = np.random.default_rng(0)
     lists = np.stack([rng.permutation(50)[:20] for _ in range(30)])

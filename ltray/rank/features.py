@@ -24,8 +24,8 @@ import pyarrow as pa
 from ltray.config import RankConfig
 from ltray.data.segments import SEGMENT_CODES
 
-FEATURE_VERSION = 2
-SOURCE_FLAGS = ("from_cf", "from_tail", "from_bridge", "from_pop")
+FEATURE_VERSION = 3
+SOURCE_FLAGS = ("from_cf", "from_item", "from_tail", "from_bridge", "from_pop")
 SEGMENT_NAMES = ("head", "tail", "cold")
 SPEC_FILE = "feature_spec.json"
 STATE_FILE = "features.npz"
@@ -46,6 +46,7 @@ class UserState:
     n: float = 0.0  # training interactions
     last_ts: int | None = None  # last interaction time; None = now
     recent_factor: np.ndarray | None = None  # (f,) mean unit ALS factor of the last few items
+    history: np.ndarray | None = None  # item rows of the history (the item-item score); None = none
 
 
 @dataclass
@@ -65,6 +66,8 @@ class FeatureContext:
     user_last_ts: np.ndarray  # int64 (n_users,)
     now_ts: int
     user_recent_factors: np.ndarray | None = None  # float32 (n_users, f); None = zeros
+    item_item: Any = None  # ltray.cf.itemitem.ItemItemRecall; None = no item-item score (zeros)
+    user_seen: Any = None  # scipy CSR (n_users, n_items): each user's history, for the item-item score
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -172,6 +175,7 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray | str, overrides: dic
     n = np.zeros(len(uniq), np.float32)
     last = np.full(len(uniq), ctx.now_ts, np.int64)
     rfac = np.zeros((len(uniq), f), np.float32)
+    hist = [np.zeros(0, np.int64)] * len(uniq)
     overrides = overrides or {}
     for j, u in enumerate(uniq):
         state = overrides.get(u)
@@ -182,13 +186,17 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray | str, overrides: dic
             last[j] = ctx.now_ts if state.last_ts is None else state.last_ts
             if state.recent_factor is not None:
                 rfac[j] = np.asarray(state.recent_factor, np.float32).reshape(f)
+            if state.history is not None:
+                hist[j] = np.asarray(state.history, np.int64)
             continue
         row = ctx.user_index.get(u)
         if row is not None:
             fac[j], prof[j] = ctx.user_factors[row], ctx.user_profiles[row]
             n[j], last[j] = ctx.user_n[row], ctx.user_last_ts[row]
             rfac[j] = ctx.user_recent_factors[row]
-    return fac, prof, n, last, rfac, uniq, inv.reshape(-1)
+            if ctx.user_seen is not None:
+                hist[j] = ctx.user_seen.indices[ctx.user_seen.indptr[row]:ctx.user_seen.indptr[row + 1]]
+    return fac, prof, n, last, rfac, hist, uniq, inv.reshape(-1)
 
 
 _ITEM_CHUNK = 65_536
@@ -224,7 +232,7 @@ class FeatureBuilder:
     def dense_names(self) -> list[str]:
         k = self.reduced_dim
         return ([f"item_text_{i}" for i in range(k)] + [f"user_text_{i}" for i in range(k)]
-                + ["profile_cosine", "als_score", "als_z", "recent_cf_cosine", "bridge_score", *SOURCE_FLAGS,
+                + ["profile_cosine", "als_score", "als_z", "recent_cf_cosine", "bridge_score", "item_z", *SOURCE_FLAGS,
                    "log_item_pop"]
                 + [f"segment_{s}" for s in SEGMENT_NAMES] + ["log_user_n", "log_days_since_last"])
 
@@ -274,7 +282,7 @@ class FeatureBuilder:
         item_idx, user_ids = _item_rows(table), _user_column(table)
         if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= ctx.n_items):
             raise ValueError(f"item_idx out of range [0, {ctx.n_items})")
-        fac, prof, n, last, rfac, _, inv = _user_arrays(ctx, user_ids, users_override, len(item_idx))
+        fac, prof, n, last, rfac, hist, _, inv = _user_arrays(ctx, user_ids, users_override, len(item_idx))
         # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
         # not depend on which other rows it is built with (training bulk vs one Serve request).
         comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
@@ -298,6 +306,9 @@ class FeatureBuilder:
         rf_norm = np.linalg.norm(rf, axis=1) + _EPS
         recent_cos = (rf * ctx.unit_item_factors[item_idx]).sum(1) / rf_norm
         bridge = (uf * ctx.item_bridge[item_idx]).sum(1)
+        # The item-item model's score, standardised over the catalog per user like als_z.
+        item_z = (ctx.item_item.z_scores(hist, item_idx, row_of=inv) if ctx.item_item is not None
+                  else np.zeros(len(item_idx)))
         flags = np.stack([np.asarray(table[c], np.float32) if c in table else np.zeros(len(item_idx), np.float32)
                           for c in SOURCE_FLAGS], axis=1)
         log_pop = np.log1p(ctx.item_pop[item_idx].astype(np.float64))
@@ -306,7 +317,7 @@ class FeatureBuilder:
         seg = np.eye(len(SEGMENT_NAMES), dtype=np.float32)[ctx.item_segment[item_idx].astype(np.int64)]
         days = np.maximum(ctx.now_ts - last, 0).astype(np.float64) / DAY_S
         cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
-                bridge[:, None], flags, log_pop[:, None],
+                bridge[:, None], item_z[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
         return np.concatenate([np.asarray(c, np.float64).reshape(len(item_idx), -1) for c in cols], axis=1)
 

@@ -1,0 +1,138 @@
+"""One validation protocol for everything ltray chooses from data.
+
+Train is split per user by time (the protocol's own holdout rule, ``temporal_holdout``) into
+``fit`` and ``valid``; a setting is fitted on ``fit`` and scored by Recall@TUNE_K of full-catalog
+lists on ``valid``. CF tuning, the operating point and the baselines all use this split, so they
+are chosen the same way, and test is never looked at.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ltray.config import DataConfig
+from ltray.data import temporal_holdout
+
+log = logging.getLogger(__name__)
+
+TUNE_K = 20
+
+
+def grid_points(grid: Mapping[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a {field: values} grid, in itertools.product order."""
+    keys = list(grid)
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K) -> np.ndarray:
+    """Recall@k of each list position in `held` (sorted), as `evaluate` averages it."""
+    pos = np.array(sorted(held), np.int64)
+    counts = np.array([len(held[p]) for p in pos], np.int64)
+    user = np.repeat(np.arange(len(pos)), counts)
+    item = np.concatenate([held[p] for p in pos]) if len(pos) else np.zeros(0, np.int64)
+    top = lists[pos, :k]
+    width = int(max(top.max(initial=-1), item.max(initial=-1))) + 2  # (user, item + 1) as one key; -1 pads
+    listed = (np.arange(len(pos))[:, None] * width + top + 1)[top >= 0]
+    hits = np.isin(user * width + item + 1, listed)
+    return np.bincount(user, weights=hits, minlength=len(pos)) / np.maximum(counts, 1)
+
+
+@dataclass
+class ValidationSplit:
+    """``fit`` / ``valid`` carved from train, as item rows of the catalog and user rows of ``fit``."""
+
+    fit: pd.DataFrame
+    valid: pd.DataFrame
+    user_ids: np.ndarray          # users of `fit`, in row order
+    user_rows: np.ndarray         # per `fit` interaction
+    item_rows: np.ndarray
+    weights: np.ndarray
+    n_items: int
+    eval_rows: np.ndarray         # user rows whose lists are scored (a seeded sample when there are many)
+    held: dict[int, np.ndarray]   # position in eval_rows -> validation item rows
+
+    @classmethod
+    def carve(cls, train: pd.DataFrame, item_ids: np.ndarray, data: DataConfig, max_users: int | None = None,
+              seed: int = 0) -> ValidationSplit:
+        fit_part, valid = temporal_holdout(train, data.test_fraction, data.min_user_interactions)
+        item_index = pd.Index(np.asarray(item_ids).astype(str))
+        users, user_rows = np.unique(fit_part["user_id"].to_numpy().astype(str), return_inverse=True)
+        item_rows = item_index.get_indexer(fit_part["item_id"].to_numpy().astype(str))
+        u = pd.Index(users).get_indexer(valid["user_id"].to_numpy().astype(str))
+        i = item_index.get_indexer(valid["item_id"].to_numpy().astype(str))
+        ok = (u >= 0) & (i >= 0)
+        eval_rows = np.unique(u[ok])
+        if max_users is not None and len(eval_rows) > max_users:
+            eval_rows = np.sort(np.random.default_rng(seed).choice(eval_rows, max_users, replace=False))
+        pos = pd.Index(eval_rows).get_indexer(u[ok])
+        held_df = pd.DataFrame({"p": pos, "i": i[ok]})
+        held_df = held_df[held_df["p"] >= 0]
+        held = {int(p): np.unique(g.to_numpy()) for p, g in held_df.groupby("p")["i"]}
+        return cls(fit_part, valid, users, user_rows, item_rows, fit_part["weight"].to_numpy(np.float32),
+                   len(item_index), eval_rows, held)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def seen(self) -> sp.csr_matrix:
+        """Users x items of `fit` (summed weights; zero weights kept as stored entries)."""
+        m = sp.csr_matrix((self.weights, (self.user_rows, self.item_rows)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        return m
+
+    def histories(self) -> list[np.ndarray]:
+        """The `fit` item rows of each scored user."""
+        s = self.seen()
+        return [s.indices[s.indptr[r]:s.indptr[r + 1]].astype(np.int64) for r in self.eval_rows]
+
+    def recall(self, lists: np.ndarray, k: int = TUNE_K) -> float:
+        """Mean Recall@k of lists (one row per eval_rows entry) on the validation items."""
+        r = user_recall(lists, self.held, k)
+        return float(r.mean()) if len(r) else 0.0
+
+
+def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Callable[[dict[str, Any]], float],
+                      rounds: int = 1, deadline: float | None = None, label: str = ""
+                      ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """Best point of `grid` by `score`, one field at a time from `start` (the others held at their best so
+    far), for `rounds` passes or until `deadline` (time.monotonic()). Each point is scored once; the first
+    best wins ties, so `start` is kept unless something beats it. Returns (best, its score, trials)."""
+    seen: dict[tuple, float] = {}
+    trials: list[dict[str, Any]] = []
+
+    def run(point: dict[str, Any]) -> float:
+        key = tuple(sorted((k, repr(v)) for k, v in point.items()))
+        if key not in seen:
+            t = time.perf_counter()
+            seen[key] = score(point)
+            trials.append({**point, f"Recall@{TUNE_K}": seen[key], "fit_s": round(time.perf_counter() - t, 3)})
+        return seen[key]
+
+    best = {k: start[k] for k in grid} | {k: v for k, v in start.items() if k not in grid}
+    best_score = run(best)
+    for _ in range(rounds):
+        improved = False
+        for name, values in grid.items():
+            for v in values:
+                if deadline is not None and time.monotonic() > deadline:
+                    log.info("%s search stopped at its time budget after %d points", label or "grid", len(trials))
+                    return best, best_score, trials
+                s = run({**best, name: v})
+                if s > best_score:
+                    best, best_score, improved = {**best, name: v}, s, True
+        if not improved:
+            break
+    return best, best_score, trials
+
+
+__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "user_recall"]
