@@ -43,16 +43,10 @@ def _errors_as_lines(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from ltray.artifacts import ArtifactError
-        from ltray.data.schema import DataError
-
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, ArtifactError, FileNotFoundError, ValueError, RuntimeError) as e:
-            # TrainError is imported only on this path: ltray.rank.train pulls in torch and Ray Train.
-            from ltray.rank.train import TrainError
-
-            if kwargs.get("debug") or (isinstance(e, RuntimeError) and not isinstance(e, TrainError)):
+        except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:  # DataError is a ValueError
+            if kwargs.get("debug") or (isinstance(e, RuntimeError) and not _known_runtime_error(e)):
                 raise
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             hint = getattr(e, "hint", None)
@@ -63,6 +57,16 @@ def _errors_as_lines(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _known_runtime_error(e: RuntimeError) -> bool:
+    """ArtifactError and TrainError print as one line; other RuntimeErrors are bugs and keep their traceback.
+
+    Each can only come from its module once it is loaded: looking them up rather than importing them
+    keeps an error fast (ltray.rank.train pulls in torch and Ray Train)."""
+    known = [getattr(sys.modules.get(m), name, None)
+             for m, name in (("ltray.artifacts", "ArtifactError"), ("ltray.rank.train", "TrainError"))]
+    return any(cls is not None and isinstance(e, cls) for cls in known)
 
 
 def build_config(config: Path | None, set_: list[str] | None, *, dataset=None, items=None, interactions=None,
@@ -109,9 +113,9 @@ def data_inspect(
     out.print(table)
     if item is not None:
         _show_item(ds, item, cfg)
-    plot_path = plot or Path(artifacts_uri(cfg, artifacts)) / "long_tail.png"
+    plot_path = (plot or Path(artifacts_uri(cfg, artifacts)) / "long_tail.png").resolve()
     plot_long_tail(ds, plot_path, cfg.data.head_share)
-    out.print(f"long-tail plot: {plot_path}")
+    out.print(f"long-tail plot: {plot_path}")  # absolute: a bare --plot NAME lands in the current folder
 
 
 def _show_item(ds, item_id: str, cfg: Config) -> None:
@@ -152,13 +156,16 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
         user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
         text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
     """Split by time -> fit every stage on train -> evaluate on test against baselines -> report."""
-    from ltray.pipeline import run as run_pipeline
+    from ltray.data.checks import load_checked
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col,
                             ts_col, weight_col, text_template)
     uri = artifacts_uri(cfg, artifacts)
+    ds = load_checked(cfg, holdout=True)  # bad or too little input answers before Ray starts
+    from ltray.pipeline import run as run_pipeline
+
     _ray_init()
-    report = run_pipeline(cfg, uri, log=_log)
+    report = run_pipeline(cfg, uri, log=_log, dataset=ds)
     out.print(f"report: {report}")
     out.print(f"report (markdown): {report.with_suffix('.md')}")
 
@@ -170,23 +177,30 @@ def fit(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
         user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
         text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
     """Train every stage on all the given interactions (no holdout)."""
-    from ltray.pipeline import fit as fit_pipeline
+    from ltray.data.checks import load_checked
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col,
                             ts_col, weight_col, text_template)
     uri = artifacts_uri(cfg, artifacts)
+    ds = load_checked(cfg, holdout=False)  # bad or too little input answers before Ray starts
+    from ltray.pipeline import fit as fit_pipeline
+
     _ray_init()
-    fit_pipeline(cfg, uri, holdout=False, log=_log)
+    fit_pipeline(cfg, uri, holdout=False, log=_log, dataset=ds)
     out.print(f"artifacts: {uri}")
 
 
 def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool) -> dict:
+    from ltray.data.checks import load_checked
+
+    # Read and check before Ray starts; only the rank stage needs the minimum sizes.
+    ds = load_checked(cfg, holdout, check_sizes=last == "rank")
     from ltray import pipeline as p
     from ltray.artifacts import ArtifactStore
 
     store = ArtifactStore(uri)
     _ray_init()
-    bundle = p.stage_data(store, cfg, holdout, _log)
+    bundle = p.stage_data(store, cfg, holdout, _log, dataset=ds)
     parts = {"store": store, "bundle": bundle}
     if last == "data":
         return parts
@@ -286,13 +300,14 @@ def recommend(
     debug: DebugOpt = False,
 ):
     """Batch recommendations for a list of users -> Parquet (user_id, item_id, rank, score, segment, source)."""
+    store = _open_run(artifacts)
+    ids = _read_user_ids(users)
     import pandas as pd
 
     from ltray.pipeline import load_recommender
     from ltray.threads import single_threaded
 
-    ids = _read_user_ids(users)
-    rec = load_recommender(artifacts)
+    rec = load_recommender(store)
     frames = []
     with single_threaded():
         for u in ids:
@@ -304,6 +319,15 @@ def recommend(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out_path, index=False)
     out.print(f"{len(ids)} users, {len(table)} rows -> {out_path}")
+
+
+def _open_run(artifacts: str):
+    """A fitted run, opened read-only before anything heavy is imported: a typo answers in a second."""
+    from ltray.artifacts import ArtifactStore
+
+    store = ArtifactStore(artifacts, mode="r")
+    store.require("data", "embed", "cf", "index")  # what load_recommender reads (rank is optional)
+    return store
 
 
 def _read_user_ids(path: Path) -> list[str]:
@@ -330,10 +354,11 @@ def serve(
     config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
 ):
     """Serve a run over HTTP with Ray Serve (Ingress -> CFRecall -> TailRetrieval -> CTRRanker); blocks, Ctrl-C stops."""
-    from deployments.app import run_local
-
     overrides = list(set_ or []) + [f"serve.{k}={v}" for k, v in (("port", port), ("host", host)) if v is not None]
     cfg = load_config(config, overrides)
+    _open_run(artifacts)  # before Ray and Serve start (importing Serve alone takes seconds)
+    from deployments.app import run_local
+
     run_local(artifacts, cfg.serve, echo=lambda msg: out.print(msg, highlight=False, soft_wrap=True))
 
 
