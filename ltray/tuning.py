@@ -27,7 +27,7 @@ from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 from ltray.threads import single_threaded
-from ltray.validation import TUNE_K, user_recall
+from ltray.validation import TUNE_K, ranker_halves, user_recall
 
 _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
                "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
@@ -92,9 +92,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     ctx = feature_context(models)
     users = np.array([u for u in np.unique(valid["user_id"].astype(str)) if gen.user_row(u) is not None])
     rng = np.random.default_rng(cfg.rank.seed)
-    users = users[rng.permutation(len(users))]
-    half = len(users) // 2
-    train_users, tune_users = np.sort(users[:half]), np.sort(users[half:])
+    train_users, tune_users = ranker_halves(users, rng)
     log(f"rank: candidate models on {len(fit_part):,} interactions; ranker learns from {len(train_users)} users, "
         f"tail share is chosen on {len(tune_users)} others")
 

@@ -46,6 +46,16 @@ def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K)
     return np.bincount(user, weights=hits, minlength=len(pos)) / np.maximum(counts, 1)
 
 
+def ranker_halves(users: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The validation users split in two, each half sorted: the ranker that chooses the operating point
+    learns from the first and the point is chosen on the second, so no choice is scored on what its
+    ranker saw."""
+    users = np.sort(np.asarray(users))
+    users = users[rng.permutation(len(users))]
+    half = len(users) // 2
+    return np.sort(users[:half]), np.sort(users[half:])
+
+
 @dataclass
 class ValidationSplit:
     """``fit`` / ``valid`` carved from train, as item rows of the catalog and user rows of ``fit``."""
@@ -135,4 +145,4 @@ def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Ca
     return best, best_score, trials
 
 
-__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "user_recall"]
+__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "ranker_halves", "user_recall"]

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,7 +18,8 @@ from ltray.artifacts import ArtifactError, ArtifactStore
 from ltray.cli import build_config
 from ltray.config import load_config
 from ltray.data import DataError, Dataset, load_dataset
-from ltray.data.checks import check_fit_sizes, items_needed, load_checked, ranker_half, size_report
+from ltray.data.checks import check_fit_sizes, items_needed, load_checked, size_report
+from ltray.validation import ranker_halves
 
 REPO = Path(__file__).resolve().parents[1]
 LTRAY = REPO / ".venv" / "bin" / "ltray"
@@ -111,7 +113,7 @@ def test_a_user_who_saw_the_whole_catalog_has_no_negatives():
 def test_the_splittable_users_must_be_in_the_rankers_half():
     cfg = load_config()
     users = [f"u{i}" for i in range(6)]
-    half = set(ranker_half(pd.Series(users).to_numpy(), cfg.rank.seed))
+    half = set(ranker_halves(pd.Series(users).to_numpy(), np.random.default_rng(cfg.rank.seed))[0])
     assert len(half) == 3
     # Only users outside the ranker's half have two validation items: its own split would be empty.
     ds = _dataset({u: (6 if u in half else 12) for u in users})

@@ -65,22 +65,15 @@ class SizeReport:
         return self.validation_users >= 2 and self.ranker_half_splittable >= 1
 
 
-def ranker_half(users: np.ndarray, seed: int) -> np.ndarray:
-    """The validation users the ranker learns from: the draw of `tuning.train_ranker_and_choose_blend`
-    (sorted ids, shuffled with rank.seed, first half). Kept identical to it so that the check refuses
-    exactly the data that stage would fail on."""
-    users = np.sort(users)
-    users = users[np.random.default_rng(seed).permutation(len(users))]
-    return users[: len(users) // 2]
-
-
 def size_report(interactions: pd.DataFrame, n_items: int, cfg: Config, holdout: bool) -> SizeReport:
     f, m = cfg.data.test_fraction, cfg.data.min_user_interactions
     train = temporal_holdout(interactions, f, m)[0] if holdout else interactions
     fit_part, valid = temporal_holdout(train, f, m)
     pool = np.intersect1d(valid["user_id"].astype(str).unique(), fit_part["user_id"].astype(str).unique())
     v = valid[valid["user_id"].astype(str).isin(pool)]
-    half = ranker_half(pool, cfg.rank.seed)
+    from ltray.validation import ranker_halves
+
+    half, _ = ranker_halves(pool, np.random.default_rng(cfg.rank.seed))  # the rank stage's own draw
     # Validation items at two times: the ranker's per-user split can put one on each side.
     two_times = v.groupby("user_id")["ts"].nunique()
     two_times = set(two_times.index[two_times >= 2].astype(str))
