@@ -47,6 +47,8 @@ def small_config():
         "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
         "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256",
         "rank.refit_on_all=false",  # one ranker training: these tests check plumbing, not the numbers
+        # No CF search (tests/test_cf_tune.py checks it); a fixed mix keeps both CF sources in every score.
+        "cf.tune=false", "cf.mix=0.5",
     ])
 
 

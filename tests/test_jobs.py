@@ -34,7 +34,7 @@ JOBS = ("embed_catalog", "build_index", "train_ctr", "evaluate", "pipeline")
 SMALL = [
     "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
     "cf.iterations=8", "rank.epochs=1", "rank.batch_size=256", "rank.num_workers=1", "eval.tune=false",
-    "embed.max_length=32", "rank.refit_on_all=false",
+    "embed.max_length=32", "rank.refit_on_all=false", "cf.tune=false", "cf.mix=0.5",
 ]
 SETS = [a for s in SMALL for a in ("--set", s)]
 STAGES = ("data", "embed", "cf", "index", "rank")

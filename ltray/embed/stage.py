@@ -367,11 +367,10 @@ def _shard_sink(out_dir: Path, model_id: str, rows_per_file: int):
 def _on_this_node() -> dict[str, Any]:
     """Ray remote args that keep a task on the driver's node (where the stage's local folders are)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # num_cpus=0: reads, filters and writes are light, and the actor pool may hold every CPU.
-    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)}
+    # num_cpus=0: reads, filters and writes are light, and the actor pool may hold every CPU. The node-id
+    # label pins them (Ray's named form; a scheduling_strategy here is a deprecated ray_remote_arg).
+    return {"num_cpus": 0, "label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
 
 
 def _write_input(items: pd.DataFrame, folder: Path, rows: int) -> Path:

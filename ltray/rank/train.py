@@ -379,7 +379,8 @@ def _fit_epochs(config: dict[str, Any], session: _RaySession | _LocalSession) ->
         with torch.inference_mode():
             for feats in _iter_parquet(config["val_uri"], VAL_BATCH_ROWS):
                 text = _tower_outputs(model, tokens, feats["item_idx"], device) if tokens is not None else None
-                logits = model(*(torch.from_numpy(feats[k]).to(device) for k in ("user_hash", "item_hash", "dense")),
+                # torch.tensor copies: Arrow hands out read-only arrays, which from_numpy warns about.
+                logits = model(*(torch.tensor(feats[k], device=device) for k in ("user_hash", "item_hash", "dense")),
                                item_text=text)
                 vp.append(torch.sigmoid(logits).cpu().numpy())
                 vl.append(feats["label"])
