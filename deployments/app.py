@@ -15,11 +15,13 @@ deployments, handles between them, request batching, metrics and the FastAPI ing
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -294,11 +296,16 @@ api = FastAPI(
     version=ltray.__version__,
     description="Long-tail recommendations: CF recall -> FAISS tail retrieval -> CTR ranking.",
 )
-_BODY_LIMIT = {"bytes": ServeConfig().max_body_bytes}  # set per replica from the config
+_DEFAULTS = ServeConfig()
+# set per replica from the config (the middleware is built by Starlette, not by us)
+_BODY = {"max_bytes": _DEFAULTS.max_body_bytes, "read_timeout_s": _DEFAULTS.body_read_timeout_s}
+ECHO_CHARS = 80  # what an error answer repeats of an input string: enough to recognise it
 
 
 class BodyLimit:
-    """413 for a request body over the limit: by Content-Length, or by reading a chunked body (up to the limit)."""
+    """Reads the request body here, whole, before the app sees it: 413 for a body over the limit (by
+    Content-Length, or counted as it arrives), 408 for one not received within the read timeout (a
+    client that declares 10 bytes and sends 2 would otherwise hold the connection)."""
 
     def __init__(self, app):
         self.app = app
@@ -306,27 +313,25 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = _BODY_LIMIT["bytes"]
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > limit:
-                return await _too_large(send, limit)
-            return await self.app(scope, receive, send)
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return await self.app(scope, receive, send)
-        # No length given: read the body here (at most `limit` bytes), then hand it on.
+        limit, timeout = _BODY["max_bytes"], _BODY["read_timeout_s"]
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _error(send, 413, f"request body is over the limit of {limit} bytes")
         chunks, size = [], 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > limit:
-                return await _too_large(send, limit)
-            if not msg.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        return  # the client went away
+                    chunks.append(msg.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        return await _error(send, 413, f"request body is over the limit of {limit} bytes")
+                    if not msg.get("more_body"):
+                        break
+        except TimeoutError:
+            return await _error(send, 408, f"request body not received within {timeout} s")
         pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
         async def replay():
@@ -335,14 +340,45 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _too_large(send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is over the limit of {limit} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+async def _error(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 408:
+        headers.append((b"connection", b"close"))  # the rest of that body is never read
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 api.add_middleware(BodyLimit)
+
+
+def echo(value: Any) -> Any:
+    """An input as an error answer may repeat it: JSON-safe (no NaN, no lone surrogate) and short."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) < 10**15:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, dict | list):
+        with contextlib.suppress(ValueError, TypeError):  # NaN, lone surrogates, odd types
+            if len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")) <= ECHO_CHARS:
+                return value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        value = str(value) if isinstance(value, int) else repr(value)  # huge ints, NaN, long containers
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate -> "\\ud800"
+    return value if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError):
+    """FastAPI's 422, but what it echoes is made safe: its own handler fails (500) on a NaN or a lone
+    surrogate in the input, and repeats a 100 KB text whole."""
+    detail = [{"type": e.get("type"), "loc": [echo(p) for p in e.get("loc", ())], "msg": echo(e.get("msg", "")),
+               "input": echo(e.get("input"))} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 @api.exception_handler(StageUnavailable)
@@ -350,8 +386,16 @@ async def _stage_unavailable(request: Request, exc: StageUnavailable):
     return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"})
 
 
-_ERRORS = {404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 413: {"model": ErrorBody},
-           503: {"model": ErrorBody}}
+_ERRORS = {
+    404: {"model": ErrorBody, "description": "the item is not in the catalog"},
+    408: {"model": ErrorBody, "description": "the request body did not arrive within serve.body_read_timeout_s"},
+    413: {"model": ErrorBody, "description": "the request body is over serve.max_body_bytes"},
+    422: {"model": ErrorBody, "description": "invalid request: unknown field, wrong type, value out of range, "
+          "non-finite number, lone surrogate"},
+    503: {"model": ErrorBody, "description": "a stage has no live replica; retry after Retry-After"},
+}
+_BODY_ERRORS = {**_ERRORS, 400: {"model": ErrorBody, "description": "there was an error parsing the body (not "
+                                 "UTF-8, or a number too long to read)"}}
 
 
 @serve.deployment(name="Ingress")
@@ -364,7 +408,7 @@ class Ingress:
         from ltray.artifacts import ArtifactStore
 
         self.cfg = _serve_config(serve_cfg)
-        _BODY_LIMIT["bytes"] = self.cfg.max_body_bytes
+        _BODY.update(max_bytes=self.cfg.max_body_bytes, read_timeout_s=self.cfg.body_read_timeout_s)
         self.version = artifacts_version(ArtifactStore(artifacts))
         self.recall, self.retrieval, self.ranker, self.pipeline = recall, retrieval, ranker, pipeline
         self.metrics = StageMetrics("Ingress")
@@ -409,7 +453,7 @@ class Ingress:
         if k > self.cfg.max_k:
             raise HTTPException(422, f"k={k} is over this server's limit of {self.cfg.max_k}")
 
-    @api.post("/recommend", response_model=RecommendResponse, responses=_ERRORS)
+    @api.post("/recommend", response_model=RecommendResponse, responses=_BODY_ERRORS)
     async def recommend(self, req: RecommendRequest) -> dict[str, Any]:
         """Ranked items for a user (or for a session of `recent_items`), each with segment, source and reason."""
         t0 = time.perf_counter()
@@ -426,18 +470,20 @@ class Ingress:
         self.metrics.record("/recommend", 200, (time.perf_counter() - t0) * 1e3)
         return body
 
-    @api.get("/items/{item_id}/similar", response_model=ItemsResponse, responses=_ERRORS)
+    # `:path`: an item id may hold "/", sent percent-encoded (a%2Fb), which the server decodes before routing
+    @api.get("/items/{item_id:path}/similar", response_model=ItemsResponse, responses=_ERRORS)
     async def similar(self, item_id: str, k: int = Query(20, ge=1, le=500),
                       segment: Segment | None = Query(None)) -> dict[str, Any]:
-        """Items whose text is closest to this item's (optionally of one segment)."""
+        """Items whose text is closest to this item's (optionally of one segment). An id holding `/` is sent
+        percent-encoded (`%2F`)."""
         self._check_k(k)
         handle = self.pipeline or self.retrieval
         table = await self._call(handle, "similar", item_id, k, segment)
         if table is None:
-            raise HTTPException(404, f"item {item_id!r} is not in the catalog")
+            raise HTTPException(404, f"item {echo(item_id)!r} is not in the catalog")
         return scored_items(table, self.version)
 
-    @api.post("/search", response_model=ItemsResponse, responses=_ERRORS)
+    @api.post("/search", response_model=ItemsResponse, responses=_BODY_ERRORS)
     async def search(self, req: SearchRequest) -> dict[str, Any]:
         """Free-text search: the query is encoded with the catalog's text encoder and searched in FAISS."""
         self._check_k(req.k)

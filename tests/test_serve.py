@@ -102,7 +102,7 @@ def test_recommend_k_distinct_unseen_labelled_items(server, recommender):
         seen = set(recommender.models.item_ids[seen_of[row].indices])
         assert not seen & set(ids)
         for it in body["items"]:
-            assert it["segment"] in {"head", "tail", "cold"} and it["source"] in {"cf", "tail", "bridge"}
+            assert it["segment"] in {"head", "tail", "cold"} and it["source"] in {"cf", "item", "tail", "bridge"}
             assert it["reason"] and np.isfinite(it["score"])
 
 
@@ -237,6 +237,35 @@ def test_similar_items(server, recommender):
     assert missing.status_code == 404 and "no-such-item" in missing.json()["detail"]
 
 
+def test_item_ids_holding_a_slash_are_reached_percent_encoded(server, recommender):
+    """`a%2Fb` reaches the route with the id `a/b` (a 404 naming it, not the router's "Not Found")."""
+    from urllib.parse import quote
+
+    for prefix in ("", "/colo"):
+        r = server.get(f"{prefix}/items/no%2Fsuch%2Fitem/similar")
+        assert r.status_code == 404 and "'no/such/item'" in r.json()["detail"], r.text
+    item = recommender.models.item_ids[3]
+    assert server.get(f"/items/{quote(item, safe='')}/similar", params={"k": 3}).status_code == 200
+
+
+def test_answers_carry_the_catalogs_titles(server, serve_artifacts, recommender):
+    """Both topologies (the title is added by the ranking stage they share) and every item answer."""
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(Path(serve_artifacts) / "data" / "items.parquet").to_pandas()
+    title = dict(zip(items["item_id"], items["title"], strict=True))
+    user = _known_users(recommender)[0]
+    for prefix in ("", "/colo"):
+        answers = [server.post(f"{prefix}/recommend", json={"user_id": user, "k": 10}),
+                   server.post(f"{prefix}/recommend", json={"user_id": "never-seen-user", "k": 5}),
+                   server.post(f"{prefix}/search", json={"text": items["text"][4], "k": 5}),
+                   server.get(f"{prefix}/items/{items['item_id'][4]}/similar", params={"k": 5})]
+        for r in answers:
+            assert r.status_code == 200, r.text
+            got = r.json()["items"]
+            assert got and all(it["title"] == title[it["item_id"]] for it in got), got[:2]
+
+
 # -- validation ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, field", [
     ({"user_id": "u1", "colour": "red"}, "colour"),
@@ -278,6 +307,100 @@ def test_malformed_json_is_422_not_500(server):
     assert r.status_code == 422
 
 
+# Raw bodies: NaN, Infinity and "\ud800" are what Python's json module reads, and what httpx's json= never sends.
+_BIG = b"9" * 400
+HOSTILE_BODIES = [
+    ("/recommend", b'{"user_id": "1", "tail_share": NaN}', "tail_share"),
+    ("/recommend", b'{"user_id": "1", "tail_share": Infinity}', "tail_share"),
+    ("/recommend", b'{"user_id": "1", "tail_share": -Infinity}', "tail_share"),
+    ("/recommend", b'{"user_id": "1", "tail_share": 1e999}', "tail_share"),
+    ("/recommend", b'{"user_id": "1", "tail_share": "0.5"}', "tail_share"),
+    ("/recommend", b'{"user_id": "1", "k": NaN}', "k"),
+    ("/recommend", b'{"user_id": "1", "k": -Infinity}', "k"),
+    ("/recommend", b'{"user_id": "1", "k": 1e999}', "k"),
+    ("/recommend", b'{"user_id": "1", "k": ' + _BIG + b"}", "k"),
+    ("/recommend", b'{"user_id": "1", "k": "5"}', "k"),
+    ("/recommend", b'{"user_id": "1", "k": 5.0}', "k"),
+    ("/recommend", b'{"user_id": "1", "exclude_seen": 0}', "exclude_seen"),
+    ("/recommend", b'{"user_id": "1", "exclude_seen": "true"}', "exclude_seen"),
+    ("/recommend", b'{"user_id": "\\ud800"}', "user_id"),
+    ("/recommend", b'{"user_id": "a\\udfffb"}', "user_id"),
+    ("/recommend", b'{"user_id": NaN}', "user_id"),
+    ("/recommend", b'{"user_id": 1e400}', "user_id"),
+    ("/recommend", b'{"user_id": ' + _BIG + b"}", "user_id"),  # a numeric id over 256 characters
+    ("/recommend", b'{"user_id": true}', "user_id"),
+    ("/recommend", b'{"user_id": 4.5}', "user_id"),
+    ("/recommend", b'{"user_id": {"id": 1}}', "user_id"),
+    ("/recommend", b'{"user_id": "1", "recent_items": ["\\udfff"]}', "recent_items"),
+    ("/recommend", b'{"user_id": "1", "recent_items": [1.5, NaN]}', "recent_items"),
+    ("/recommend", b'{"user_id": "1", "\\ud800": 1}', None),
+    ("/recommend", b"[NaN, Infinity]", None),
+    ("/recommend", b"null", None),
+    ("/search", b'{"text": "a\\ud800b"}', "text"),
+    ("/search", b'{"text": "space", "k": Infinity}', "k"),
+    ("/search", b'{"text": "space", "k": NaN}', "k"),
+    ("/search", b'{"text": "space", "k": "5"}', "k"),
+    ("/search", b'{"text": 5}', "text"),
+    ("/search", b'{"text": NaN}', "text"),
+]
+
+
+@pytest.mark.parametrize("prefix", ["", "/colo"])
+def test_hostile_bodies_get_422_with_a_safe_short_echo(server, prefix):
+    """Non-finite numbers, lone surrogates, wrong types and oversized numbers: 422 (never 500), and the
+    answer is valid JSON whatever the input held."""
+    wrong = []
+    for route, body, field in HOSTILE_BODIES:
+        r = server.post(prefix + route, content=body, headers={"content-type": "application/json"})
+        ok = r.status_code == 422 and len(r.content) < 2000
+        if ok:
+            errors = r.json()["detail"]
+            ok = field is None or any(field in map(str, e["loc"]) for e in errors)
+        if not ok:
+            wrong.append((route, body[:60], r.status_code, r.text[:200]))
+    assert not wrong, wrong
+
+
+def test_unreadable_bodies_get_400(server):
+    for body in (b'{"user_id": "\xff\xfe"}', b'{"user_id": ' + b"9" * 5000 + b"}"):  # not UTF-8; over 4300 digits
+        r = server.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "parsing the body" in r.json()["detail"], r.text
+
+
+def test_overlong_text_is_echoed_truncated(server):
+    r = server.post("/search", json={"text": "x" * 100_000})
+    assert r.status_code == 422 and len(r.content) < 1000, len(r.content)
+    assert r.json()["detail"][0]["input"].startswith("xxxx")
+
+
+def test_numeric_ids_are_taken_as_their_decimal_form(server):
+    as_int = server.post("/recommend", json={"user_id": 42, "k": 5, "recent_items": [7, "no-such-item"]})
+    as_str = server.post("/recommend", json={"user_id": "42", "k": 5, "recent_items": ["7", "no-such-item"]})
+    assert as_int.status_code == 200, as_int.text
+    got, want = as_int.json(), as_str.json()
+    assert got["user_id"] == "42" and got["unknown_recent_items"] == ["7", "no-such-item"]
+    assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]]
+
+
+def test_a_body_that_never_arrives_gets_408_quickly(server):
+    """A client that declares 10 bytes and sends 2 holds the connection only serve.body_read_timeout_s."""
+    import socket
+
+    from ltray.config import ServeConfig
+
+    url = httpx.URL(str(server.base_url))
+    t0 = time.monotonic()
+    with socket.create_connection((url.host, url.port), timeout=60) as sock:
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: test\r\ncontent-type: application/json\r\n"
+                     b"content-length: 10\r\n\r\n{}")
+        reply = b""
+        while b"\r\n\r\n" not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
+    took = time.monotonic() - t0
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+    assert took < ServeConfig().body_read_timeout_s + 5, took
+
+
 def test_body_over_one_mib_is_413(server):
     big = b'{"user_id": "u1", "recent_items": ["' + b"x" * (1 << 20) + b'"]}'
     r = server.post("/recommend", content=big, headers={"content-type": "application/json"})
@@ -298,29 +421,37 @@ def test_health_ready_and_docs(server, recommender):
     assert server.get("/docs").status_code == 200
     paths = server.get("/openapi.json").json()["paths"]
     assert {"/recommend", "/search", "/items/{item_id}/similar", "/healthz", "/readyz"} <= set(paths)
+    for route in ("/recommend", "/search"):  # every error answer a POST may get is documented
+        assert {"400", "408", "413", "422", "503"} <= set(paths[route]["post"]["responses"])
 
 
 # -- schema-driven fuzz ------------------------------------------------------------------------------------
 def test_openapi_fuzz_gives_no_5xx(server):
-    """schemathesis generates requests (valid and invalid) from the app's own OpenAPI schema."""
+    """schemathesis generates requests from the app's own OpenAPI schema, valid and invalid, for every route
+    (the hand-written hostile bodies above cover what JSON Schema cannot express: NaN, lone surrogates)."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
 
-    schema = schemathesis.openapi.from_dict(server.get("/openapi.json").json())
+    openapi = server.get("/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(openapi)
+    routes = [(path, method.upper(), "parameters" in op or "requestBody" in op)
+              for path, methods in openapi["paths"].items() for method, op in methods.items()]
+    assert len(routes) == 5, routes
     failures = []
-    for path, method in (("/recommend", "POST"), ("/search", "POST"), ("/items/{item_id}/similar", "GET")):
-        strategy = schema[path][method].as_strategy()
+    for path, method, has_input in routes:
+        for mode in GenerationMode if has_input else [GenerationMode.POSITIVE]:  # nothing to make invalid
+            strategy = schema[path][method].as_strategy(generation_mode=mode)
 
-        @settings(max_examples=20, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=strategy)
-        def call(case):
-            resp = case.call(base_url=str(server.base_url), timeout=60)
-            if resp.status_code >= 500:
-                failures.append((case.method, case.path, case.body, case.path_parameters, case.query, resp.status_code,
-                                 resp.text[:200]))
+            @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def call(case):
+                resp = case.call(base_url=str(server.base_url), timeout=60)
+                if resp.status_code >= 500:
+                    failures.append((case.method, case.path, case.body, case.path_parameters, case.query,
+                                     resp.status_code, resp.text[:200]))
 
-        call()
+            call()
     assert not failures, failures[:5]
 
 
@@ -480,6 +611,16 @@ def test_serve_config_yaml_is_a_valid_deploy_config():
                                                        .index(d.name)]["autoscaling_config"]
         assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= set(auto)
         assert 0 < d.ray_actor_options.num_cpus < 1 and d.max_ongoing_requests >= 1
+
+
+def test_answer_sources_are_the_candidate_sources():
+    """A source the candidates can carry but the response schema does not know would be a 500."""
+    from typing import get_args
+
+    from deployments.schemas import Source
+    from ltray.candidates import SOURCES
+
+    assert set(get_args(Source)) == set(SOURCES)
 
 
 def test_build_app_arguments():
