@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from ltray.config import EvalConfig
 from ltray.data import compute_segments, temporal_holdout
 from ltray.eval.baselines import (
+    EASE,
+    EASE_MAX_ITEMS,
     ALSBaseline,
     ALSTailQuota,
+    ALSTextBlend,
+    BaselineSkipped,
     ContentKNN,
     ItemKNN,
     LightFMBaseline,
     MostPop,
+    RP3beta,
+    grid_points,
     holdout_sets,
     interaction_matrices,
+    spd_inverse,
     text_bag_features,
     top_k,
     tune,
@@ -204,3 +213,237 @@ def test_lightfm_with_text_features_beats_random(split, small_synthetic):
     _assert_valid(recs, split, split["test_users"])
     m = evaluate(recs, split["test"], split["seg"], split["pop"], ks=(K,), user_rows=split["test_users"])
     assert m["Recall@20"] > 3 * K / len(split["items"])  # random lists score about K / n_items
+
+
+# ----------------------------------------------------------------------------- EASE, RP3beta, hybrids
+
+# 6 users x 5 items; item 4 has no interaction (EASE never recommends it).
+TINY = np.array(
+    [
+        [1, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0],
+        [0, 1, 1, 1, 0],
+        [1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0],
+        [1, 0, 0, 1, 0],
+    ],
+    dtype=np.float32,
+)
+
+
+def _ease_by_hand(x: np.ndarray, lam: float) -> np.ndarray:
+    """Steck's closed form, written out densely in float64 over the items with an interaction."""
+    active = x.sum(axis=0) > 0
+    xa = x[:, active].astype(np.float64)
+    p = np.linalg.inv(xa.T @ xa + lam * np.eye(active.sum()))
+    b = np.eye(len(p)) - p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    out = np.full(x.shape, -np.inf)
+    out[:, active] = xa @ b
+    return out
+
+
+@pytest.mark.parametrize("solver", ["items", "users"])
+def test_ease_matches_the_closed_form_on_a_tiny_matrix(solver):
+    expected = _ease_by_hand(TINY, 2.0)
+    model = EASE(regularization=2.0, solver=solver, dtype="float64").fit(sp.csr_matrix(TINY))
+    got = model.scores(np.arange(6))
+    assert np.isneginf(got[:, 4]).all() and np.isneginf(expected[:, 4]).all()
+    assert got[:, :4] == pytest.approx(expected[:, :4], abs=1e-6)
+    # "auto" takes the cheaper route: the item x item inverse here, Woodbury's user x user with fewer users.
+    assert EASE(2.0).fit(sp.csr_matrix(TINY)).route == "items"
+    assert EASE(2.0).fit(sp.csr_matrix(TINY[:3])).route == "users"  # 3 users, 4 active items
+    # Weights are binarised: EASE's X is binary.
+    heavy = EASE(regularization=2.0, solver=solver, dtype="float64").fit(sp.csr_matrix(TINY * 3))
+    assert heavy.scores(np.arange(6))[:, :4] == pytest.approx(expected[:, :4], abs=1e-6)
+    # Lists: unseen active items by score; the never-seen item 4 is not listed (-1 pads).
+    recs = model.recommend(np.arange(6), 3)
+    for u in range(6):
+        unseen = [i for i in range(4) if TINY[u, i] == 0]
+        assert recs[u][: len(unseen)].tolist() == sorted(unseen, key=lambda i: (-expected[u, i], i))
+        assert (recs[u][len(unseen) :] == -1).all()
+
+
+def test_ease_in_float32_matches_float64(split):
+    # float32 is the default: it halves the inverse's time and memory; both routes keep the scores
+    # within 1e-4 of float64 relative to their scale, and the lists all but identical.
+    rows = split["test_users"]
+    for solver in ("items", "users"):
+        ref = EASE(200.0, solver=solver, dtype="float64").fit(split["train"])
+        f32 = EASE(200.0, solver=solver).fit(split["train"])
+        a, b = ref.scores(rows), f32.scores(rows)
+        finite = np.isfinite(a)
+        assert (finite == np.isfinite(b)).all()
+        assert np.abs(a[finite] - b[finite]).max() <= 1e-4 * np.abs(a[finite]).max(), solver
+        same = (ref.recommend(rows, K) == f32.recommend(rows, K)).mean()
+        assert same >= 0.99, (solver, same)
+    # The two routes are one model.
+    items = EASE(200.0, solver="items", dtype="float64").fit(split["train"]).scores(rows)
+    users = EASE(200.0, solver="users", dtype="float64").fit(split["train"]).scores(rows)
+    assert np.allclose(items[np.isfinite(items)], users[np.isfinite(users)], atol=1e-5)
+
+
+def test_spd_inverse_is_the_inverse_in_place():
+    rng = np.random.default_rng(0)
+    a = rng.random((70, 70))
+    a = a @ a.T + np.eye(70)
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        m = a.astype(dtype)
+        inv = spd_inverse(m, block=16)  # blocks that do not divide n
+        assert np.shares_memory(inv, m)
+        assert np.allclose(inv, np.linalg.inv(a), atol=tol * np.abs(np.linalg.inv(a)).max())
+        assert np.array_equal(inv, inv.T)
+
+
+def test_ease_max_items_guard_skips_cleanly():
+    assert EvalConfig().ease_max_items == EASE_MAX_ITEMS
+    with pytest.raises(BaselineSkipped, match="4 items with a training interaction > max_items 3"):
+        EASE(max_items=3).fit(sp.csr_matrix(TINY))  # 4 active items; the never-seen one does not count
+    EASE(max_items=4).fit(sp.csr_matrix(TINY))
+
+
+def _rp3beta_by_hand(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """W = (P_iu ** alpha) @ (P_ui ** alpha), columns / pop ** beta, zero diagonal; dense float64."""
+    x = (x > 0).astype(np.float64)
+    p_ui = x / x.sum(axis=1, keepdims=True)
+    pop = x.sum(axis=0)
+    p_iu = np.divide(x.T, pop[:, None], out=np.zeros_like(x.T), where=pop[:, None] > 0)
+    w = (p_iu**alpha) @ (p_ui**alpha)
+    w = w * np.divide(1.0, pop**beta, out=np.zeros_like(pop), where=pop > 0)[None, :]
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 0.3), (1.0, 0.6)])
+def test_rp3beta_matches_the_random_walk_on_a_tiny_matrix(alpha, beta):
+    w = _rp3beta_by_hand(TINY, alpha, beta)
+    model = RP3beta(alpha=alpha, beta=beta, neighbours=5).fit(sp.csr_matrix(TINY))
+    assert model.similarity.toarray() == pytest.approx(w, abs=1e-6)
+    s = TINY @ w
+    got = model.scores(np.arange(6))
+    assert got[s > 0] == pytest.approx(s[s > 0], abs=1e-6)
+    assert (got[s == 0] < -1).all()  # unreached: popularity fallback under every walk score
+    # neighbours keeps each row's largest entries (values compared: ties may pick either item).
+    top2 = RP3beta(alpha=alpha, beta=beta, neighbours=2).fit(sp.csr_matrix(TINY)).similarity.toarray()
+    assert ((top2 > 0).sum(axis=1) <= 2).all()
+    for i in range(5):
+        assert np.sort(top2[i][top2[i] > 0]) == pytest.approx(np.sort(w[i][w[i] > 0])[-2:], abs=1e-6)
+
+
+def test_rp3beta_blocks_equal_the_unblocked_computation(split):
+    whole = RP3beta(alpha=0.5, beta=0.3, neighbours=20, block_items=10_000).fit(split["train"])
+    blocked = RP3beta(alpha=0.5, beta=0.3, neighbours=20, block_items=7).fit(split["train"])
+    assert whole.similarity.shape == (len(split["items"]),) * 2
+    assert (whole.similarity != blocked.similarity).nnz == 0
+    assert (np.diff(whole.similarity.indptr) <= 20).all() and whole.similarity.diagonal().sum() == 0
+    rows = split["test_users"]
+    assert np.array_equal(whole.recommend(rows, K), blocked.recommend(rows, K))
+    _assert_valid(whole.recommend(rows, K), split, rows)
+
+
+def _parts(split, train=None, ts=None):
+    train = split["train"] if train is None else train
+    ts = split["train_ts"] if ts is None else ts
+    als = ALSBaseline(factors=16, iterations=8).fit(train)
+    content = ContentKNN(half_life_days=90.0).fit(train, split["vectors"], ts)
+    return als, content
+
+
+def test_hybrids_at_zero_weight_or_share_are_als(split):
+    rows = split["test_users"]
+    parts = _parts(split)
+    als_list = parts[0].recommend(rows, K)
+    blend = ALSTextBlend(text_weight=0.0, components=parts).fit(split["train"])
+    quota = ALSTailQuota(split["seg"], 0.0, components=parts).fit(split["train"])
+    assert np.array_equal(blend.recommend(rows, K), als_list)
+    assert np.array_equal(quota.recommend(rows, K), als_list)
+    # Fitted here from parameters, the same ALS: the same lists.
+    own = ALSTextBlend(0.0, dict(factors=16, iterations=8), dict(half_life_days=90.0)).fit(
+        split["train"], split["vectors"], split["train_ts"]
+    )
+    assert np.array_equal(own.recommend(rows, K), als_list)
+    # A weight: z(ALS) + w * z(ContentKNN), each standardised per user over the catalog.
+    half = ALSTextBlend(text_weight=0.5, components=parts).fit(split["train"])
+    a, c = parts[0].scores(rows[:5]).astype(np.float64), parts[1].scores(rows[:5]).astype(np.float64)
+    z = lambda s: (s - s.mean(axis=1, keepdims=True)) / s.std(axis=1, keepdims=True)  # noqa: E731
+    assert half.scores(rows[:5]) == pytest.approx(z(a) + 0.5 * z(c), abs=1e-4)
+    _assert_valid(half.recommend(rows, K), split, rows)
+    # Components fitted on another train are refused.
+    other = split["train"].copy()
+    other.data[:1] = 0
+    other.eliminate_zeros()
+    with pytest.raises(ValueError, match="components must be fitted on the train"):
+        ALSTextBlend(0.3, components=parts).fit(other)
+
+
+def test_tuning_the_new_baselines_picks_from_their_grids(split):
+    fit_df, valid_df = temporal_holdout(split["train_df"], 0.2, 5)
+    fit, fit_ts = interaction_matrices(fit_df, split["users"], split["items"])
+    valid = holdout_sets(valid_df, split["users"], split["items"])
+    parts = _parts(split, fit, fit_ts)
+    cases = [
+        (EASE, {"regularization": [10.0, 200.0, 2000.0]}),
+        (RP3beta, {"alpha": [0.5, 1.0], "beta": [0.0, 0.6], "neighbours": [20]}),
+        (lambda **p: ALSTextBlend(components=parts, **p), {"text_weight": [0.0, 0.3, 3.0]}),
+        (lambda **p: ALSTailQuota(components=parts, **p), {"tail_share": [0.0, 0.2, 0.4]}),
+    ]
+    for make, grid in cases:
+        res = tune(make, grid, fit, valid, "Recall@20", train_ts=fit_ts, item_vectors=split["vectors"])
+        assert res.best_params in grid_points(grid)
+        scores = [t["Recall@20"] for t in res.trials]
+        assert len(scores) == len(grid_points(grid)) and res.best_score == max(scores) > 0
+    # The hybrids' grid search refit neither part.
+    assert parts[0].train.shape == fit.shape and (parts[0].train != fit).nnz == 0
+
+
+def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, small_synthetic, monkeypatch, tmp_path):
+    """run_baselines on the small catalog: every new row, its chosen parameters, ALS tuned once (the
+    hybrids reuse it), EASE skipped cleanly above its guard; the report shows every row and note."""
+    from ltray.config import load_config
+    from ltray.eval import baselines as B
+    from ltray.eval.report import write_report
+    from ltray.eval.stage import baseline_notes, run_baselines
+
+    ds = small_synthetic
+    cfg = load_config(overrides=["eval.baselines=[als, contentknn, ease, rp3beta, als_tail_quota, als_text_blend]"])
+    cfg.eval.baseline_grids = {
+        "als": {"factors": [8, 16], "iterations": [8]},
+        "contentknn": {"half_life_days": [None]},
+        "ease": {"regularization": [50.0, 500.0]},
+        "rp3beta": {"alpha": [1.0], "beta": [0.0, 0.5], "neighbours": [50]},
+        "als_text_blend": {"text_weight": [0.0, 0.3]},
+        "als_tail_quota": {"tail_share": [0.1, 0.2]},
+    }
+    bundle = SimpleNamespace(items=ds.items, train=split["train_df"], item_segment=split["seg"],
+                             item_ids=ds.items["item_id"].astype(str).to_numpy())
+    users = np.unique(split["train_df"]["user_id"].astype(str))[:50]
+    fits = []
+    orig = B.ALSBaseline._fit
+    monkeypatch.setattr(B.ALSBaseline, "_fit", lambda self, *a: (fits.append(self.params), orig(self, *a))[1])
+    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None, log=print)
+    assert set(lists) == {"ALS", "ContentKNN", "EASE", "RP3beta", "ALS + tail quota", "ALS + text blend"}
+    assert all(v.shape == (50, 20) for v in lists.values())
+    # ALS: 2 grid points + the refit on train + one fit on the tuning split shared by both hybrids.
+    assert len(fits) == 4
+    assert info["ALS + tail quota"]["params"].keys() == {"tail_share"}
+    assert info["ALS + text blend"]["params"]["text_weight"] in (0.0, 0.3)
+    for name in ("ALS", "EASE", "RP3beta", "ALS + tail quota", "ALS + text blend"):
+        assert info[name]["tuned"] and info[name]["Recall@20"] is not None and info[name]["seconds"] >= 0
+    notes = baseline_notes(info, "Recall@20")
+    assert any(n.startswith("EASE: regularization=") and "chosen on validation from 2 grid points" in n
+               for n in notes)
+    # Above its guard EASE is skipped with a log line and a note; the other rows are unaffected.
+    cfg.eval.ease_max_items = 10
+    logs = []
+    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None, log=logs.append)
+    assert "EASE" not in lists and "max_items 10" in info["EASE"]["skipped"]
+    assert any(line.startswith("eval: baseline EASE skipped:") for line in logs)
+    # The report: a row per baseline that ran, a note per baseline (the skipped one's says why).
+    table = {name: {"Recall@20": 0.1, "TailRecall@20": 0.01} for name in lists}
+    md, _ = write_report(tmp_path, dataset_name="synthetic", metrics_table=table,
+                         notes=baseline_notes(info, "Recall@20"))
+    text = md.read_text()
+    for row in ("| RP3beta |", "| ALS + tail quota |", "| ALS + text blend |"):
+        assert row in text, row
+    assert "| EASE |" not in text and "- EASE: skipped (" in text and "max_items 10" in text
+    assert "- ALS + text blend: text_weight=" in text and "- RP3beta: alpha=1" in text

@@ -2,13 +2,17 @@
 
 from ltray.eval.baselines import (
     BASELINES,
+    EASE,
     ALSBaseline,
     ALSTailQuota,
+    ALSTextBlend,
     Baseline,
+    BaselineSkipped,
     ContentKNN,
     ItemKNN,
     LightFMBaseline,
     MostPop,
+    RP3beta,
     TuneResult,
     holdout_sets,
     interaction_matrices,
@@ -33,8 +37,9 @@ from ltray.eval.metrics import (
 from ltray.eval.report import write_report
 
 __all__ = [
-    "BASELINES", "COLD_CODE", "HEAD_CODE", "TAIL_CODE", "ALSBaseline", "ALSTailQuota", "Baseline", "ContentKNN",
-    "ItemKNN", "LightFMBaseline", "MostPop", "TuneResult", "decile_exposure", "evaluate", "exposure_counts", "gini",
-    "holdout_sets", "interaction_matrices", "lorenz_curve", "popularity_deciles", "segment_codes",
-    "segments_from_counts", "text_bag_features", "to_csr", "top_k", "tune", "write_report",
+    "BASELINES", "COLD_CODE", "EASE", "HEAD_CODE", "TAIL_CODE", "ALSBaseline", "ALSTailQuota", "ALSTextBlend",
+    "Baseline", "BaselineSkipped", "ContentKNN", "ItemKNN", "LightFMBaseline", "MostPop", "RP3beta", "TuneResult",
+    "decile_exposure", "evaluate", "exposure_counts", "gini", "holdout_sets", "interaction_matrices",
+    "lorenz_curve", "popularity_deciles", "segment_codes", "segments_from_counts", "text_bag_features", "to_csr",
+    "top_k", "tune", "write_report",
 ]

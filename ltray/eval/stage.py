@@ -29,10 +29,20 @@ def _csr(df: pd.DataFrame, user_pos: dict[str, int], item_rows: np.ndarray, n_it
 
 
 def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, test_csr: sp.csr_matrix,
-                  log) -> dict[str, np.ndarray]:
-    """Each baseline tuned on a validation split carved from train, refit on train, lists for `users`."""
+                  log) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """Each baseline tuned on a validation split carved from train, refit on train, lists for `users`.
+
+    Runs the baselines named in ``cfg.eval.baselines``, plus ALS (the report's exposure charts compare
+    against it) and the parts a hybrid needs (ALS, ContentKNN). The hybrids (ALS + tail quota, ALS +
+    text blend) reuse those parts as tuned and fitted: their grid searches tune only their own share /
+    weight. Returns ``(lists, info)``: lists = {report row: (len(users), K_MAX) item rows}; info =
+    {report row: {"params", "tuned" (whether a grid was searched), cfg.eval.tune_metric (its validation
+    score), "grid_points", "seconds" (tuning + refit)}, or {"skipped": why} for a baseline that declined
+    its input (EASE above eval.ease_max_items)}.
+    """
     from ltray.eval import baselines as B
 
+    e = cfg.eval
     item_index = pd.Index(bundle.item_ids)
     n_items = len(item_index)
     all_users = np.unique(bundle.train["user_id"].astype(str))
@@ -46,40 +56,93 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
     valid_csr = _csr(valid, upos, item_index.get_indexer(valid["item_id"]), n_items)
     valid_users = np.unique(valid_csr.nonzero()[0])
     rows = np.array([upos[u] for u in users], np.int64)
-    grids = cfg.eval.baseline_grids
+    grids = e.baseline_grids
     seg = bundle.item_segment
-    factories = {
-        "MostPop": lambda **p: B.MostPop(),
-        "ALS": lambda **p: B.ALSBaseline(**p),
-        "ItemKNN": lambda **p: B.ItemKNN(**p),
-        "ContentKNN": lambda **p: B.ContentKNN(**p),
-    }
-    grid_of = {"ALS": grids.get("als"), "ItemKNN": grids.get("itemknn"), "ContentKNN": grids.get("contentknn")}
+    hybrids = {"als_tail_quota", "als_text_blend"} & set(e.baselines)
+    wanted = set(e.baselines) | {"als"} | ({"contentknn"} if hybrids else set())
     out: dict[str, np.ndarray] = {}
-    chosen: dict[str, dict] = {}
-    for name, make in factories.items():
+    info: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, B.Baseline] = {}
+
+    def run(key: str, name: str, make_tune, make_final=None, defaults: dict[str, Any] | None = None) -> None:
+        """Tune ``make_tune`` on the validation split (when eval.tune and a grid), refit ``make_final``
+        (default: the same) on train, list for `users`."""
         t0 = time.perf_counter()
-        params: dict[str, Any] = {}
-        if grid_of.get(name) and cfg.eval.tune:
-            params, _ = B.tune(make, grid_of[name], fit_csr, valid_csr, cfg.eval.tune_metric, users=valid_users,
-                               item_vectors=vectors, train_ts=fit_ts, item_segment=seg)
-        model = make(**params)
-        model.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
+        grid = grids.get(key) if e.tune else None
+        params, score = dict(defaults or {}), None
+        try:
+            if grid:
+                params, score = B.tune(make_tune, grid, fit_csr, valid_csr, e.tune_metric, users=valid_users,
+                                       item_vectors=vectors, train_ts=fit_ts, item_segment=seg)
+            model = (make_final or make_tune)(**params)
+            model.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
+        except B.BaselineSkipped as err:
+            info[name] = {"skipped": str(err)}
+            log(f"eval: baseline {name} skipped: {err}")
+            return
+        fitted[key] = model
         out[name] = model.recommend(rows, K_MAX)
-        chosen[name] = params
-        log(f"eval: baseline {name} {params or ''} ({time.perf_counter() - t0:.1f}s)")
-    share = cfg.eval.tail_quota_share
-    quota = B.ALSTailQuota(als_params=chosen.get("ALS") or {}, content_params=chosen.get("ContentKNN") or {},
-                           tail_share=share)
-    quota.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
-    out[f"ALS + {share:.0%} tail quota"] = quota.recommend(rows, K_MAX)
-    if B.LightFMBaseline.available():
-        lf = B.LightFMBaseline(item_features=B.text_bag_features(bundle.items["text"].tolist()))
-        lf.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
-        out["LightFM WARP"] = lf.recommend(rows, K_MAX)
-    else:
-        log("eval: LightFM is not installed (pip install 'ltray[lightfm]'); skipped")
-    return out
+        seconds = time.perf_counter() - t0
+        info[name] = {"params": params, "tuned": bool(grid), e.tune_metric: score,
+                      "grid_points": len(B.grid_points(grid)) if grid else 0, "seconds": round(seconds, 2)}
+        tuned = f", validation {e.tune_metric} {score:.4f}" if grid else ""
+        log(f"eval: baseline {name} {params or ''} ({seconds:.1f}s{tuned})")
+
+    singles = {
+        "mostpop": ("MostPop", lambda **p: B.MostPop()),
+        "als": ("ALS", lambda **p: B.ALSBaseline(**p)),
+        "itemknn": ("ItemKNN", lambda **p: B.ItemKNN(**p)),
+        "contentknn": ("ContentKNN", lambda **p: B.ContentKNN(**p)),
+        "ease": ("EASE", lambda **p: B.EASE(max_items=e.ease_max_items, **p)),
+        "rp3beta": ("RP3beta", lambda **p: B.RP3beta(**p)),
+    }
+    for key, (name, make) in singles.items():
+        if key in wanted:
+            run(key, name, make)
+    if hybrids:
+        als_p, text_p = info["ALS"]["params"], info["ContentKNN"]["params"]
+        t0 = time.perf_counter()
+        # The parts as tuned, fitted once on the tuning split; on train they are the rows' models above.
+        tune_parts = None
+        if e.tune and any(grids.get(k) for k in hybrids):
+            tune_parts = (B.ALSBaseline(**als_p).fit(fit_csr, vectors, fit_ts),
+                          B.ContentKNN(**text_p).fit(fit_csr, vectors, fit_ts))
+            log(f"eval: the hybrids' ALS and ContentKNN fitted on the tuning split "
+                f"({time.perf_counter() - t0:.1f}s)")
+        final_parts = (fitted["als"], fitted["contentknn"])
+        if "als_tail_quota" in hybrids:
+            run("als_tail_quota", "ALS + tail quota",
+                lambda **p: B.ALSTailQuota(components=tune_parts, **p),
+                lambda **p: B.ALSTailQuota(components=final_parts, **p),
+                defaults={"tail_share": e.tail_quota_share})
+        if "als_text_blend" in hybrids:
+            run("als_text_blend", "ALS + text blend",
+                lambda **p: B.ALSTextBlend(components=tune_parts, **p),
+                lambda **p: B.ALSTextBlend(components=final_parts, **p))
+    if "lightfm" in wanted:
+        if B.LightFMBaseline.available():
+            lf = B.LightFMBaseline(item_features=B.text_bag_features(bundle.items["text"].tolist()))
+            lf.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
+            out["LightFM WARP"] = lf.recommend(rows, K_MAX)
+            info["LightFM WARP"] = {"params": lf.params, "tuned": False}
+        else:
+            log("eval: LightFM is not installed (pip install 'ltray[lightfm]'); skipped")
+    return out, info
+
+
+def baseline_notes(info: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """One report note per baseline: the parameters it ran with and how they were chosen."""
+    notes = []
+    for name, i in info.items():
+        if "skipped" in i:
+            notes.append(f"{name}: skipped ({i['skipped']}).")
+            continue
+        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in i["params"].items())
+        how = (f"chosen on validation from {i['grid_points']} grid points ({metric} {i[metric]:.4f})"
+               if i.get("tuned") else "not tuned")
+        took = f"; tuning + refit {i['seconds']:.1f}s" if "seconds" in i else ""
+        notes.append(f"{name}: {params or 'no parameters'}, {how}{took}.")
+    return notes
 
 
 def _ts_matrix(df, upos, item_rows, n_items) -> sp.csr_matrix:
@@ -122,7 +185,9 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
         m = evaluate(lists[(None, s, None, None)], test_csr, seg, pop, ks=(K_MAX,))
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
-    base_lists = run_baselines(bundle, vectors, cfg, users, test_csr, log)
+    base_lists, base_info = run_baselines(bundle, vectors, cfg, users, test_csr, log)
+    # A skipped baseline (EASE above eval.ease_max_items) has no row: the metrics table holds numbers
+    # only (ltray.eval.verdict reads every row); the report's notes and metrics.json say why.
     for name, recs in base_lists.items():
         table[name] = evaluate(recs, test_csr, seg, pop, ks=ks)
     deciles = {"ltray": decile_exposure(ours, pop, K_MAX), "ALS": decile_exposure(base_lists["ALS"], pop, K_MAX)}
@@ -138,13 +203,14 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
         f"({blend_choice.get('rule', '')}).",
         f"ltray recommended for {len(users)} users in {rec_seconds:.1f}s "
         f"({len(users) / max(rec_seconds, 1e-9):.0f} users/s, all tail shares at once).",
+        *baseline_notes(base_info, cfg.eval.tune_metric),
     ]
     with store.writing("eval") as w:
         md, html = write_report(w.path, dataset_name=store.manifest().get("dataset", ""), metrics_table=table,
                                 tradeoff_curve=curve, decile_exposure=deciles, lorenz=lorenz, examples=examples,
                                 timings=timings, notes=notes)
-        (w / "metrics.json").write_text(json.dumps({"metrics": table, "curve": curve, "blend": blend_choice},
-                                                   indent=2, default=float))
+        (w / "metrics.json").write_text(json.dumps({"metrics": table, "curve": curve, "blend": blend_choice,
+                                                    "baselines": base_info}, indent=2, default=float))
         w.info.update(ltray={k: v for k, v in table["ltray"].items() if "@20" in k})
     store.update_manifest(metrics={k: {m: v for m, v in t.items() if "@20" in m} for k, t in table.items()},
                           timings=timings)
