@@ -76,8 +76,9 @@ class ItemItemConfig(_Section):
     beta: float = Field(0.3, ge=0, description="RP3beta: a target item's weight is divided by its popularity**beta")
     l2: float = Field(200.0, gt=0, description="EASE: ridge penalty on the item x item regression")
     neighbours: int = Field(100, ge=1, description="weights kept per item (the largest)")
-    ease_max_items: int = Field(5_000, ge=0, description="EASE is tried only up to this many trained items: its "
-                                "inverse costs n^3 (seconds at 5k items on 2 cores, minutes at 10k)")
+    ease_max_items: int = Field(20_000, ge=0, description="EASE (ltray's source and the baseline) is tried only up "
+                                "to this many items with a training interaction: an n x n inverse (n^3 flops, 1.6 GB "
+                                "a float32 copy at 20k), or Woodbury's m x m one when there are fewer users m")
     tune_grid: dict[str, dict[str, list[Any]]] = Field(
         default_factory=lambda: {"rp3beta": {"beta": [0.0, 0.3, 0.6], "alpha": [0.5, 1.0],
                                              "neighbours": [50, 200]},
@@ -318,9 +319,6 @@ class EvalConfig(_Section):
     tail_quota_share: float = Field(0.4, ge=0, le=1, description="share of slots ALS+TailQuota gives to "
                                     "ContentKNN's tail / cold items when it is not tuned (eval.tune false or "
                                     "no als_tail_quota grid)")
-    ease_max_items: int = Field(20_000, ge=1, description="EASE is skipped (a log line and a note in the "
-                                "report) above this many items with a training interaction: it inverts an "
-                                "n x n matrix (n^3 flops, 1.6 GB a float32 copy at 20k)")
     popularity_bins: int = Field(10, ge=2, description="bins of the report's popularity exposure chart")
     example_users: int = 3
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from ltray.config import EvalConfig
+from ltray.cf.itemitem import spd_inverse
+from ltray.config import ItemItemConfig
 from ltray.data import compute_segments, temporal_holdout
 from ltray.eval.baselines import (
     EASE,
@@ -27,7 +28,6 @@ from ltray.eval.baselines import (
     grid_points,
     holdout_sets,
     interaction_matrices,
-    spd_inverse,
     text_bag_features,
     top_k,
     tune,
@@ -296,7 +296,7 @@ def test_spd_inverse_is_the_inverse_in_place():
 
 
 def test_ease_max_items_guard_skips_cleanly():
-    assert EvalConfig().ease_max_items == EASE_MAX_ITEMS
+    assert ItemItemConfig().ease_max_items == EASE_MAX_ITEMS
     with pytest.raises(BaselineSkipped, match="4 items with a training interaction > max_items 3"):
         EASE(max_items=3).fit(sp.csr_matrix(TINY))  # 4 active items; the never-seen one does not count
     EASE(max_items=4).fit(sp.csr_matrix(TINY))
@@ -330,9 +330,12 @@ def test_rp3beta_matches_the_random_walk_on_a_tiny_matrix(alpha, beta):
         assert np.sort(top2[i][top2[i] > 0]) == pytest.approx(np.sort(w[i][w[i] > 0])[-2:], abs=1e-6)
 
 
-def test_rp3beta_blocks_equal_the_unblocked_computation(split):
-    whole = RP3beta(alpha=0.5, beta=0.3, neighbours=20, block_items=10_000).fit(split["train"])
-    blocked = RP3beta(alpha=0.5, beta=0.3, neighbours=20, block_items=7).fit(split["train"])
+def test_rp3beta_blocks_equal_the_unblocked_computation(split, monkeypatch):
+    from ltray.cf import itemitem
+
+    whole = RP3beta(alpha=0.5, beta=0.3, neighbours=20).fit(split["train"])
+    monkeypatch.setattr(itemitem, "_BLOCK_CELLS", 7 * len(split["items"]))  # seven item rows per block
+    blocked = RP3beta(alpha=0.5, beta=0.3, neighbours=20).fit(split["train"])
     assert whole.similarity.shape == (len(split["items"]),) * 2
     assert (whole.similarity != blocked.similarity).nnz == 0
     assert (np.diff(whole.similarity.indptr) <= 20).all() and whole.similarity.diagonal().sum() == 0
@@ -433,7 +436,7 @@ def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, smal
     assert any(n.startswith("EASE: regularization=") and "chosen on validation from 2 grid points" in n
                for n in notes)
     # Above its guard EASE is skipped with a log line and a note; the other rows are unaffected.
-    cfg.eval.ease_max_items = 10
+    cfg.cf.item.ease_max_items = 10
     logs = []
     lists, info = run_baselines(bundle, split["vectors"], cfg, users, None, log=logs.append)
     assert "EASE" not in lists and "max_items 10" in info["EASE"]["skipped"]

@@ -33,7 +33,7 @@ def test_tune_picks_the_point_with_the_best_validation_recall(small_config, smal
 
 
 def test_tune_off_keeps_the_configured_values(small_config, small_synthetic):
-    cfg = _with_cf(small_config, tune=False, factors=12)
+    cfg = _with_cf(small_config, tune=False, factors=12, mix=None)
     chosen, search = tune_cf(small_synthetic.interactions, small_synthetic.items["item_id"].to_numpy(), cfg)
     assert search == {} and chosen.factors == 12 and chosen.mix == 0.0
 

@@ -33,7 +33,7 @@ def test_rp3beta_matches_the_formula():
     alpha, beta = 0.7, 0.4
     p_ui = X / X.sum(1, keepdims=True)
     p_iu = X.T / X.T.sum(1, keepdims=True)
-    w = (p_iu @ p_ui) ** alpha / X.sum(0)[None, :] ** beta
+    w = (p_iu ** alpha) @ (p_ui ** alpha) / X.sum(0)[None, :] ** beta  # alpha on each step, as P^3_alpha
     got = rp3beta_weights(sp.csr_matrix(X), alpha, beta, neighbours=3).toarray()
     np.testing.assert_allclose(got, _top(w, 3), rtol=1e-5, atol=1e-7)
 
@@ -42,8 +42,12 @@ def test_ease_matches_the_closed_form():
     lam = 2.0
     p = np.linalg.inv(X.T.astype(np.float64) @ X + lam * np.eye(5))
     b = -p / np.diag(p)[None, :]
-    got = ease_weights(sp.csr_matrix(X), lam, neighbours=5).toarray()
+    got = ease_weights(sp.csr_matrix(X), lam, neighbours=5).toarray()  # 6 users > 5 items: the items route
     np.testing.assert_allclose(got, _top(b, 5), rtol=1e-4, atol=1e-6)
+    few_users = X[:4]  # 4 users < 5 items: Woodbury's users route, the same B
+    p = np.linalg.inv(few_users.T.astype(np.float64) @ few_users + lam * np.eye(5))
+    got = ease_weights(sp.csr_matrix(few_users), lam, neighbours=5).toarray()
+    np.testing.assert_allclose(got, _top(-p / np.diag(p)[None, :], 5), rtol=1e-4, atol=1e-6)
 
 
 def test_rp3beta_blocks_equal_one_block(monkeypatch):

@@ -11,7 +11,6 @@ Every baseline ranks the full catalog. ``tune`` grid-searches hyper-parameters o
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,18 +19,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 import scipy.sparse as sp
 
+from ltray.cf.itemitem import EaseSolution, rp3beta_weights
 from ltray.eval.metrics import HEAD_CODE, evaluate, segments_from_counts, to_csr
+from ltray.topk import top_k
+from ltray.validation import grid_points
 
 DAY_S = 86_400.0
 # Users scored per block, so a (block, n_items) float32 score matrix stays small.
 _USER_BLOCK = 1024
-# Item rows per block of RP3beta's similarity (a dense (block, n_items) float32 matrix at a time).
-_ITEM_BLOCK = 1024
 # Items above which EASE is skipped: its item x item inverse costs n^3 flops and 4 n^2 bytes a copy
-# (20k items: 1.6 GB, minutes on 2 cores). The pipeline passes eval.ease_max_items.
+# (20k items: 1.6 GB, minutes on 2 cores). The pipeline passes cf.item.ease_max_items.
 EASE_MAX_ITEMS = 20_000
 
 
@@ -99,29 +98,6 @@ def text_bag_features(texts: list[str], min_df: int = 2, max_features: int = 20_
 
 
 # ----------------------------------------------------------------------------- the interface
-
-
-def top_k(scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> np.ndarray:
-    """Row-wise top-k item rows of a dense score block, best first; -inf scores and excluded items
-    never appear (their slots are -1)."""
-    s = np.array(scores, dtype=np.float32, copy=True)
-    n, n_items = s.shape
-    if exclude is not None and exclude.nnz:
-        rows = np.repeat(np.arange(n), np.diff(exclude.indptr))
-        s[rows, exclude.indices] = -np.inf
-    kk = min(k, n_items)
-    out = np.full((n, k), -1, dtype=np.int64)
-    if kk == 0 or n == 0:
-        return out
-    part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-    vals = np.take_along_axis(s, part, axis=1)
-    # Stable sort on (score desc, item row asc) so equal scores come out in a fixed order.
-    order = np.lexsort((part, -vals), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    idx[~np.isfinite(vals)] = -1
-    out[:, :kk] = idx
-    return out
 
 
 class Baseline:
@@ -372,73 +348,14 @@ class EASE(Baseline):
                 f"(EASE inverts an n x n matrix: n^3 flops, {4 * n * n / 2**30:.1f} GiB a float32 copy)"
             )
         self._x = x[:, self.items].tocsr()  # binary, active items only: what scores multiply
-        users = np.flatnonzero(self._x.getnnz(axis=1) > 0)
-        route = self.solver
-        if route == "auto":
-            route = "users" if len(users) < n else "items"
-        self.route = route
-        lam = float(self.params["regularization"])
-        if route == "items":
-            xt = self._x.T.tocsr()
-            g = np.empty((n, n), dtype=self.dtype)
-            for lo in range(0, n, _ITEM_BLOCK):  # X^T X by rows: no sparse n x n intermediate
-                g[lo : lo + _ITEM_BLOCK] = (xt[lo : lo + _ITEM_BLOCK] @ self._x).toarray()
-            g[np.diag_indices(n)] += lam
-            p = spd_inverse(g)
-            d = np.diag(p).copy()
-            p /= -d[None, :]  # B = -P_ij / P_jj off the diagonal...
-            p[np.diag_indices(n)] = 0.0  # ...and 0 on it
-            self._b = p
-        else:
-            xs = self._x[users]
-            k = (xs @ xs.T).toarray().astype(np.float64)
-            k[np.diag_indices(len(users))] += lam
-            xu = xs.toarray().astype(np.float64)
-            z = scipy.linalg.solve_triangular(scipy.linalg.cholesky(k, lower=True), xu, lower=True)
-            zz = np.einsum("ij,ij->j", z, z)
-            self._z = z.astype(self.dtype)
-            self._zz = zz.astype(self.dtype)
-            self._d = (1.0 / (1.0 - zz)).astype(self.dtype)
+        self._solution = EaseSolution.solve(self._x, float(self.params["regularization"]), self.dtype, self.solver)
+        self.route = self._solution.route
 
     def scores(self, user_rows):
-        xu = self._x[np.asarray(user_rows, dtype=np.int64)]
-        if self.route == "items":
-            s = np.asarray(xu @ self._b, dtype=np.float32)
-        else:
-            s = np.asarray(xu @ self._z.T, dtype=self.dtype) @ self._z
-            s -= xu.multiply(self._zz[None, :]).toarray()  # B's zero diagonal
-            s = (s * self._d[None, :]).astype(np.float32)
+        s = self._solution.scores(self._x[np.asarray(user_rows, dtype=np.int64)])
         out = np.full((len(user_rows), self.train.shape[1]), -np.inf, dtype=np.float32)
         out[:, self.items] = s
         return out
-
-
-def spd_inverse(a: np.ndarray, block: int = _USER_BLOCK) -> np.ndarray:
-    """The inverse of a symmetric positive-definite C-contiguous float matrix, computed in its memory
-    by its Cholesky factor (LAPACK potrf + potri: n^3 flops, no second n x n buffer).
-
-    LAPACK sees the C array as its (equal) transpose in Fortran order and fills one triangle; the
-    other is mirrored in blocks of rows, so no n x n index or temporary is made.
-    """
-    if a.shape[0] == 0:
-        return a
-    f = a.T  # Fortran-ordered view of the same memory: a symmetric matrix is its own transpose
-    potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (f,))
-    c, info = potrf(f, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"potrf: the matrix is not positive definite (info {info})")
-    inv, info = potri(c, lower=False, overwrite_c=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"potri failed (info {info})")
-    out = inv.T  # C order again: the upper triangle in Fortran order is the lower one here
-    n = out.shape[0]
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        out[lo:hi, hi:] = out[hi:, lo:hi].T
-        diag = out[lo:hi, lo:hi]
-        upper = np.triu_indices(hi - lo, 1)
-        diag[upper] = diag.T[upper]
-    return out
 
 
 class RP3beta(Baseline):
@@ -449,7 +366,7 @@ class RP3beta(Baseline):
     raised to ``alpha`` (Cooper et al.'s P^3_alpha, as the RecSys 2019 reference code does: the
     elementwise power is taken on P_ui and P_iu, not on their product); W = P_iu^alpha @ P_ui^alpha,
     column j divided by pop_j ** beta, diagonal zero, the top ``neighbours`` entries of each row
-    kept; a user's scores are x_u W. W is built ``block_items`` item rows at a time (a dense
+    kept; a user's scores are x_u W. W is built a block of item rows at a time (a dense
     (block, n_items) float32 matrix, its top-k per row, back to CSR), so memory stays bounded on
     large catalogs. Items no neighbour reaches fall back to popularity, under every walk score
     (as ItemKNN's).
@@ -457,57 +374,22 @@ class RP3beta(Baseline):
 
     name = "RP3beta"
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.6, neighbours: int = 100, block_items: int = _ITEM_BLOCK):
-        if alpha <= 0 or neighbours < 1 or block_items < 1:
-            raise ValueError("RP3beta needs alpha > 0, neighbours >= 1 and block_items >= 1")
+    def __init__(self, alpha: float = 1.0, beta: float = 0.6, neighbours: int = 100):
+        if alpha <= 0 or neighbours < 1:
+            raise ValueError("RP3beta needs alpha > 0 and neighbours >= 1")
         self.params = dict(alpha=alpha, beta=beta, neighbours=neighbours)
-        self.block_items = block_items
 
     def _fit(self, train, item_vectors, train_ts):
         x = train.copy()
         x.data[:] = 1.0
         self._user_items = x
-        n_items = x.shape[1]
-        alpha, beta, k = self.params["alpha"], self.params["beta"], self.params["neighbours"]
-        deg = np.maximum(x.getnnz(axis=1), 1).astype(np.float64)
+        self.similarity = rp3beta_weights(x, self.params["alpha"], self.params["beta"], self.params["neighbours"])
         pop = x.getnnz(axis=0).astype(np.float64)
-        p_ui = x.copy()
-        p_ui.data = (deg ** -alpha)[np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))].astype(np.float32)
-        p_iu = x.T.tocsr()
-        p_iu.data = (np.maximum(pop, 1.0) ** -alpha)[np.repeat(np.arange(n_items), np.diff(p_iu.indptr))].astype(
-            np.float32
-        )
-        discount = np.zeros(n_items, np.float32)
-        discount[pop > 0] = pop[pop > 0] ** -beta  # an item nobody reached keeps 0 (its column is empty)
-        parts = []
-        for lo in range(0, n_items, self.block_items):
-            hi = min(lo + self.block_items, n_items)
-            w = np.asarray((p_iu[lo:hi] @ p_ui).toarray(), dtype=np.float32)
-            w *= discount[None, :]
-            w[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
-            parts.append(_top_k_rows(w, k))
-        self.similarity = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n_items), dtype=np.float32)
         self._fallback = (pop / max(pop.max(initial=0.0), 1.0) - 2.0).astype(np.float32)  # [-2, -1]
 
     def scores(self, user_rows):
         s = np.asarray((self._user_items[user_rows] @ self.similarity).todense(), dtype=np.float32)
         return np.where(s > 0, s, self._fallback[None, :])
-
-
-def _top_k_rows(w: np.ndarray, k: int) -> sp.csr_matrix:
-    """The k largest positive entries of each row of a dense block, as a CSR of the block's shape."""
-    n, m = w.shape
-    kk = min(k, m)
-    if kk == 0 or n == 0:
-        return sp.csr_matrix((n, m), dtype=np.float32)
-    # On -w: numpy's introselect is ~10x slower with its pivot at the far end of rows full of zeros.
-    cols = np.argpartition(-w, kk - 1, axis=1)[:, :kk]
-    vals = np.take_along_axis(w, cols, axis=1)
-    keep = vals > 0
-    rows = np.repeat(np.arange(n), kk).reshape(n, kk)
-    out = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n, m), dtype=np.float32)
-    out.sort_indices()
-    return out
 
 
 class _ALSContentHybrid(Baseline):
@@ -727,12 +609,6 @@ class TuneResult:
     def __iter__(self):
         """`params, score = tune(...)` unpacks."""
         return iter((self.best_params, self.best_score))
-
-
-def grid_points(grid: Mapping[str, list]) -> list[dict[str, Any]]:
-    """Every combination of a {field: values} grid, in itertools.product order."""
-    keys = list(grid)
-    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(grid[k] for k in keys))]
 
 
 def tune(

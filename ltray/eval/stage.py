@@ -38,7 +38,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
     weight. Returns ``(lists, info)``: lists = {report row: (len(users), K_MAX) item rows}; info =
     {report row: {"params", "tuned" (whether a grid was searched), cfg.eval.tune_metric (its validation
     score), "grid_points", "seconds" (tuning + refit)}, or {"skipped": why} for a baseline that declined
-    its input (EASE above eval.ease_max_items)}.
+    its input (EASE above cf.item.ease_max_items)}.
     """
     from ltray.eval import baselines as B
 
@@ -93,7 +93,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         "als": ("ALS", lambda **p: B.ALSBaseline(**p)),
         "itemknn": ("ItemKNN", lambda **p: B.ItemKNN(**p)),
         "contentknn": ("ContentKNN", lambda **p: B.ContentKNN(**p)),
-        "ease": ("EASE", lambda **p: B.EASE(max_items=e.ease_max_items, **p)),
+        "ease": ("EASE", lambda **p: B.EASE(max_items=cfg.cf.item.ease_max_items, **p)),
         "rp3beta": ("RP3beta", lambda **p: B.RP3beta(**p)),
     }
     for key, (name, make) in singles.items():
@@ -186,7 +186,7 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
     base_lists, base_info = run_baselines(bundle, vectors, cfg, users, test_csr, log)
-    # A skipped baseline (EASE above eval.ease_max_items) has no row: the metrics table holds numbers
+    # A skipped baseline (EASE above cf.item.ease_max_items) has no row: the metrics table holds numbers
     # only (ltray.eval.verdict reads every row); the report's notes and metrics.json say why.
     for name, recs in base_lists.items():
         table[name] = evaluate(recs, test_csr, seg, pop, ks=ks)
