@@ -110,7 +110,10 @@ def main() -> None:
         for png in eval_dir.glob("*tradeoff*.png"):
             shutil.copyfile(png, RESULTS / f"quality_{name}_{png.name}")
         print(markdown({name: results[name]}), flush=True)
-    results = {n: results[n] for n in DATASETS if n in results}
+    # Read again before writing: another run of this script may have finished other datasets meanwhile.
+    merged = json.loads(saved.read_text()) if saved.exists() else {}
+    merged.update({n: results[n] for n in args.datasets})
+    results = {n: merged[n] for n in DATASETS if n in merged}
     saved.write_text(json.dumps(results, indent=2, default=float))
     if args.readme:
         write_readme(markdown(results))
