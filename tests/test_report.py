@@ -120,3 +120,25 @@ def test_report_with_no_optional_inputs_still_has_every_section(tmp_path):
     assert "No example users." in md and "No timings recorded." in md
     for name in FIGURES.values():
         _assert_png((tmp_path / name).read_bytes())
+
+
+def test_the_verdict_comes_first_and_states_the_targets(tmp_path):
+    from ltray.eval.verdict import sentence, verdict
+
+    table = {"ltray": {"Recall@20": 0.13, "TailRecall@20": 0.02, "ColdRecall@20": 0.02},
+             "ALS": {"Recall@20": 0.12, "TailRecall@20": 0.001, "ColdRecall@20": 0.0},
+             "EASE": {"Recall@20": 0.128, "TailRecall@20": 0.0005, "ColdRecall@20": 0.0},
+             "ContentKNN": {"Recall@20": 0.05, "TailRecall@20": 0.03, "ColdRecall@20": 0.004}}
+    v = verdict(table)
+    assert v["best_cf"] == "EASE" and v["recall"]["met"] and v["tail"]["met"] and v["cold"]["met"]
+    assert v["not_dominated"]["met"]
+    # A baseline above on both recall and tail recall dominates.
+    worse = {**table, "ltray": {"Recall@20": 0.10, "TailRecall@20": 0.0004, "ColdRecall@20": 0.0}}
+    assert verdict(worse)["not_dominated"]["by"] == ["ALS", "EASE"] and not verdict(worse)["recall"]["met"]
+    text = sentence(v, table)
+    assert "EASE" in text and "no baseline beats it" in text
+    md_path, html_path = write_report(tmp_path, dataset_name="x", metrics_table=table, verdict=text,
+                                      test_fraction=0.3, min_user_interactions=7, head_share=0.7)
+    md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
+    assert md.index("**Verdict.**") < md.index("## ") and 'class="verdict"' in page
+    assert "at least 7 interactions" in md and "floor(0.3*n" in md and "covering 70%" in md  # the split's own settings

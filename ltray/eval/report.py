@@ -240,6 +240,7 @@ def write_report(
     test_fraction: float = 0.2,
     min_user_interactions: int = 5,
     head_share: float = 0.8,
+    verdict: str = "",
 ) -> tuple[Path, Path]:
     """Write report.md, report.html and the PNG figures into out_dir; returns (md_path, html_path).
 
@@ -248,6 +249,7 @@ def write_report(
     decile_exposure: {system: shares per popularity decile}; lorenz: {system: (x, y)}.
     examples: {user_id, history: [{title, segment}], recs: [{title, segment, score, source, reason}]}.
     test_fraction, min_user_interactions, head_share: the split's settings, for the Protocol section.
+    verdict: ltray against the baselines and the operating point, in a few sentences, shown first.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +273,8 @@ def write_report(
     protocol = PROTOCOL.format(min_n=min_user_interactions, f=test_fraction, head=head_share)
 
     # Markdown
-    md = [f"# {title}", "", f"## {SECTIONS[0]}", "", protocol, "", f"## {SECTIONS[1]}", ""]
+    md = [f"# {title}", ""] + ([f"**Verdict.** {verdict}", ""] if verdict else [])
+    md += [f"## {SECTIONS[0]}", "", protocol, "", f"## {SECTIONS[1]}", ""]
     md += _md_table(header, rows) if rows else ["No systems were evaluated."]
     md += ["", f"## {SECTIONS[2]}", "", f"![trade-off]({FIGURES['tradeoff']})", ""]
     if curve_rows:
@@ -310,8 +313,10 @@ def write_report(
         data = base64.b64encode(figs[key].read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
-    h = [
-        f"<h1>{html.escape(title)}</h1>",
+    h = [f"<h1>{html.escape(title)}</h1>"]
+    if verdict:
+        h.append(f'<p class="verdict"><strong>Verdict.</strong> {html.escape(verdict)}</p>')
+    h += [
         f"<h2>{SECTIONS[0]}</h2>",
         f"<p>{html.escape(protocol)}</p>",
         f"<h2>{SECTIONS[1]}</h2>",
@@ -351,7 +356,10 @@ def write_report(
     ]
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.85em}"
+        # Tables scroll sideways instead of overflowing a narrow window (the metrics table is wide).
+        "table{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.85em;display:block;overflow-x:auto;"
+        "max-width:100%}"
+        ".verdict{background:#f3f7ff;border-left:4px solid #36c;padding:0.5em 1em}"
         "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
         "th:first-child,td:first-child{text-align:left}tr.ours{font-weight:bold;background:#fff3f0}"
         "img{max-width:100%;display:block;margin:0.5em 0}"

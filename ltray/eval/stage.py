@@ -154,7 +154,9 @@ def _ts_matrix(df, upos, item_rows, n_items) -> sp.csr_matrix:
 
 
 def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
+    from ltray.cf.tune import describe_choice
     from ltray.eval.report import write_report
+    from ltray.eval.verdict import sentence, verdict
     from ltray.recommend import Explainer, Recommender
     from ltray.text_mining import item_keywords
 
@@ -195,12 +197,19 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     examples = _examples(rec, bundle, users, cfg.eval.example_users)
     timings = dict(bundle.timings)
     timings["eval"] = time.perf_counter() - t0
-    notes = [
+    operating_point = (
         f"Operating point: tail_share={blend_choice['tail_share']:.2f}, "
         f"cold_share={blend_choice.get('cold_share', 0.0):.2f}, "
         f"ranker_weight={blend_choice.get('ranker_weight', 1.0):g}, "
         f"quotas by {blend_choice.get('quota_by') or 'uniform'}, chosen on a validation split "
-        f"({blend_choice.get('rule', '')}).",
+        f"({blend_choice.get('rule', '')}).")
+    cf_search = (store.stage_info("cf") or {}).get("tune") or {}
+    cf_note = (f"CF: {describe_choice(models.als.cfg, cf_search)}." if cf_search else
+               "CF: the configured values (cf.tune is off).")
+    summary = sentence(verdict(table), table) + " " + operating_point
+    notes = [
+        operating_point,
+        cf_note,
         f"ltray recommended for {len(users)} users in {rec_seconds:.1f}s "
         f"({len(users) / max(rec_seconds, 1e-9):.0f} users/s, all tail shares at once).",
         *baseline_notes(base_info, cfg.eval.tune_metric),
@@ -208,7 +217,9 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     with store.writing("eval") as w:
         md, html = write_report(w.path, dataset_name=store.manifest().get("dataset", ""), metrics_table=table,
                                 tradeoff_curve=curve, decile_exposure=deciles, lorenz=lorenz, examples=examples,
-                                timings=timings, notes=notes)
+                                timings=timings, notes=notes, verdict=summary,
+                                test_fraction=cfg.data.test_fraction,
+                                min_user_interactions=cfg.data.min_user_interactions, head_share=cfg.data.head_share)
         (w / "metrics.json").write_text(json.dumps({"metrics": table, "curve": curve, "blend": blend_choice,
                                                     "baselines": base_info}, indent=2, default=float))
         w.info.update(ltray={k: v for k, v in table["ltray"].items() if "@20" in k})
