@@ -1,8 +1,11 @@
 """The `ltray` command. Each command names its run folder with --artifacts and its data with
---dataset NAME or --items FILE --interactions FILE. Errors are one line plus a hint, unless --debug."""
+--dataset NAME or --items FILE --interactions FILE. Errors are one line plus a hint, unless --debug.
+Commands that start Ray take --address (which cluster) and --verbose (Ray's own logs on the terminal;
+by default they go to <run folder>/logs/ray.log)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -36,6 +39,14 @@ TsColOpt = Annotated[str | None, typer.Option("--ts-col", help="timestamp column
 WeightColOpt = Annotated[str | None, typer.Option("--weight-col", help="weight column")]
 TemplateOpt = Annotated[str | None, typer.Option("--text-template", help='e.g. "{title}. Genres: {genres}"')]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="Ray cluster: local (always a private one), auto (the running one), host:port or "
+    "ray://host:port; default: the one `ray start` or RAY_ADDRESS names, else a private one")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", help="show Ray's own logs and progress on the terminal (default: <run folder>/logs/ray.log)")]
+
+# What a command started (Ray's log redirection): closed when the command ends, error or not.
+_session = contextlib.ExitStack()
 
 
 def _errors_as_lines(fn):
@@ -45,27 +56,36 @@ def _errors_as_lines(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:  # DataError is a ValueError
-            if kwargs.get("debug") or (isinstance(e, RuntimeError) and not _known_runtime_error(e)):
+        except Exception as e:
+            if kwargs.get("debug"):
                 raise
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            hint = getattr(e, "hint", None)
-            if hint:
-                console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+            from ltray.raysession import cluster_lost, lost_cluster_message
+
+            if cluster_lost(e):  # checked first: Ray's ConnectionError is an OSError, some of its errors too
+                msg, hint = lost_cluster_message(e)
+            elif isinstance(e, (ConfigError, FileNotFoundError, ValueError)) or (  # DataError is a ValueError
+                    isinstance(e, RuntimeError) and _known_runtime_error(e)):
+                msg, hint = str(e), getattr(e, "hint", None) or "run again with --debug for the traceback"
             else:
-                console.print("[yellow]hint:[/] run again with --debug for the traceback", highlight=False)
+                raise
+            console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        finally:
+            _session.close()  # Ray's logs back where they were (the error line above is on the terminal)
 
     return wrapper
 
 
 def _known_runtime_error(e: RuntimeError) -> bool:
-    """ArtifactError and TrainError print as one line; other RuntimeErrors are bugs and keep their traceback.
+    """ArtifactError, TrainError and ClusterError print as one line; other RuntimeErrors are bugs and keep
+    their traceback.
 
     Each can only come from its module once it is loaded: looking them up rather than importing them
     keeps an error fast (ltray.rank.train pulls in torch and Ray Train)."""
     known = [getattr(sys.modules.get(m), name, None)
-             for m, name in (("ltray.artifacts", "ArtifactError"), ("ltray.rank.train", "TrainError"))]
+             for m, name in (("ltray.artifacts", "ArtifactError"), ("ltray.rank.train", "TrainError"),
+                             ("ltray.raysession", "ClusterError"))]
     return any(cls is not None and isinstance(e, cls) for cls in known)
 
 
@@ -142,11 +162,13 @@ def _log(msg: str) -> None:
     console.print(f"[cyan]>[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
-def _ray_init() -> None:
-    import ray
+def _ray_init(uri: str, address: str | None, verbose: bool) -> None:
+    """Start or join Ray for this command and say which; Ray's logs go to the run folder unless verbose."""
+    from ltray.artifacts import ArtifactStore
+    from ltray.raysession import LOG_NAME, ray_session
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False, include_dashboard=False)
+    log_file = ArtifactStore(uri).root / LOG_NAME  # a remote store's local cache
+    _session.enter_context(ray_session(address, log_file, verbose, _log))
 
 
 @app.command()
@@ -154,7 +176,8 @@ def _ray_init() -> None:
 def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
         interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
         user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
-        text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+        text_template: TemplateOpt = None, artifacts: ArtOpt = None, address: AddressOpt = None,
+        verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Split by time -> fit every stage on train -> evaluate on test against baselines -> report."""
     from ltray.data.checks import load_checked
 
@@ -164,7 +187,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
     ds = load_checked(cfg, holdout=True)  # bad or too little input answers before Ray starts
     from ltray.pipeline import run as run_pipeline
 
-    _ray_init()
+    _ray_init(uri, address, verbose)
     report = run_pipeline(cfg, uri, log=_log, dataset=ds)
     out.print(f"report: {report}")
     out.print(f"report (markdown): {report.with_suffix('.md')}")
@@ -175,7 +198,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
 def fit(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
         interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
         user_id_col: UserColOpt = None, ts_col: TsColOpt = None, weight_col: WeightColOpt = None,
-        text_template: TemplateOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+        text_template: TemplateOpt = None, artifacts: ArtOpt = None, address: AddressOpt = None,
+        verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Train every stage on all the given interactions (no holdout)."""
     from ltray.data.checks import load_checked
 
@@ -185,12 +209,12 @@ def fit(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
     ds = load_checked(cfg, holdout=False)  # bad or too little input answers before Ray starts
     from ltray.pipeline import fit as fit_pipeline
 
-    _ray_init()
+    _ray_init(uri, address, verbose)
     fit_pipeline(cfg, uri, holdout=False, log=_log, dataset=ds)
     out.print(f"artifacts: {uri}")
 
 
-def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool) -> dict:
+def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool, address: str | None, verbose: bool) -> dict:
     from ltray.data.checks import load_checked
 
     # Read and check before Ray starts; only the rank stage needs the minimum sizes.
@@ -199,7 +223,7 @@ def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool) -> dict:
     from ltray.artifacts import ArtifactStore
 
     store = ArtifactStore(uri)
-    _ray_init()
+    _ray_init(uri, address, verbose)
     bundle = p.stage_data(store, cfg, holdout, _log, dataset=ds)
     parts = {"store": store, "bundle": bundle}
     if last == "data":
@@ -220,12 +244,12 @@ def embed(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
           interactions: InterOpt = None, item_id_col: ItemColOpt = None, text_col: TextColOpt = None,
           text_template: TemplateOpt = None, artifacts: ArtOpt = None,
           holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
-          debug: DebugOpt = False):
+          address: AddressOpt = None, verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Embed the catalog on a Ray Data actor pool (only new or changed items are encoded)."""
     cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, None, None, None,
                             text_template)
     uri = artifacts_uri(cfg, artifacts)
-    _stages_up_to("embed", cfg, uri, holdout)
+    _stages_up_to("embed", cfg, uri, holdout, address, verbose)
     out.print(f"embeddings: {uri}/embed")
 
 
@@ -234,11 +258,11 @@ def embed(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
 def index(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
           interactions: InterOpt = None, artifacts: ArtOpt = None,
           holdout: Annotated[bool, typer.Option(help="split by time first (as `ltray run` does)")] = False,
-          debug: DebugOpt = False):
+          address: AddressOpt = None, verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Fit ALS and build the FAISS tail and full indexes, user profiles and the text->CF bridge."""
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
     uri = artifacts_uri(cfg, artifacts)
-    _stages_up_to("index", cfg, uri, holdout)
+    _stages_up_to("index", cfg, uri, holdout, address, verbose)
     out.print(f"cf + index: {uri}/cf, {uri}/index")
 
 
@@ -250,7 +274,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
           export_encoder: Annotated[Path | None, typer.Option(
               "--export-encoder", help="with rank.text_tower=lora|top_layers: write the fine-tuned encoder "
               "here as a Hugging Face folder; `--set embed.model=DIR` then re-embeds the catalog with it")] = None,
-          debug: DebugOpt = False):
+          address: AddressOpt = None, verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Train the CTR ranker with Ray Train and choose the tail share on validation.
 
     The fine-tuning loop: `ltray train --set rank.text_tower=lora --export-encoder DIR`, then
@@ -261,7 +285,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
         raise ConfigError("--export-encoder needs a trained text tower: add --set rank.text_tower=lora "
                           "(or top_layers)")
     uri = artifacts_uri(cfg, artifacts)
-    parts = _stages_up_to("rank", cfg, uri, holdout)
+    parts = _stages_up_to("rank", cfg, uri, holdout, address, verbose)
     out.print(f"ranker: {uri}/rank (tail_share {parts['blend']['tail_share']:.2f})")
     if export_encoder is not None:
         import shutil
@@ -278,13 +302,14 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
 @app.command()
 @_errors_as_lines
 def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None, items: ItemsOpt = None,
-             interactions: InterOpt = None, artifacts: ArtOpt = None, debug: DebugOpt = False):
+             interactions: InterOpt = None, artifacts: ArtOpt = None, address: AddressOpt = None,
+             verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Evaluate a held-out run against the baselines and write the report (fits what is missing)."""
     from ltray.eval.stage import stage_eval
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
     uri = artifacts_uri(cfg, artifacts)
-    parts = _stages_up_to("rank", cfg, uri, holdout=True)
+    parts = _stages_up_to("rank", cfg, uri, True, address, verbose)
     report = stage_eval(parts, cfg, _log)
     out.print(f"report: {report}")
 
@@ -351,14 +376,17 @@ def serve(
     artifacts: Annotated[str, typer.Option(help="a fitted run folder or URI")],
     port: Annotated[int | None, typer.Option(help="HTTP port (default serve.port; 0 = a free one)")] = None,
     host: Annotated[str | None, typer.Option(help="bind address (default serve.host)")] = None,
-    config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+    config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None, debug: DebugOpt = False,
 ):
     """Serve a run over HTTP with Ray Serve (Ingress -> CFRecall -> TailRetrieval -> CTRRanker); blocks, Ctrl-C stops."""
     overrides = list(set_ or []) + [f"serve.{k}={v}" for k, v in (("port", port), ("host", host)) if v is not None]
     cfg = load_config(config, overrides)
     _open_run(artifacts)  # before Ray and Serve start (importing Serve alone takes seconds)
     from deployments.app import run_local
+    from ltray.raysession import ray_session
 
+    # Serve's own logs stay on the terminal (the run folder is opened read-only): only which cluster.
+    _session.enter_context(ray_session(address, None, True, _log))
     run_local(artifacts, cfg.serve, echo=lambda msg: out.print(msg, highlight=False, soft_wrap=True))
 
 

@@ -1,0 +1,199 @@
+"""Start or join Ray for a CLI command, say which in one line, and keep Ray's own logs out of the terminal.
+
+By default Ray's Python loggers, Ray Data's progress dumps and the C++ core worker's lines (written straight
+to file descriptor 2) go to a log file in the run folder; Python's ``sys.stderr`` keeps the terminal, so
+ltray's lines, warnings and tracebacks stay visible. ``verbose`` leaves everything as Ray sets it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+LOG_NAME = "logs/ray.log"  # inside the run folder
+# Ray's loggers that print to the terminal themselves (propagate=False); the rest propagate to "ray".
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+_current_log: Path | None = None  # for the CLI's error hint
+
+
+class ClusterError(RuntimeError):
+    """Ray could not start or join a cluster (the CLI prints it as one line with its hint)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+def current_log() -> Path | None:
+    """The file Ray's logs go to in this process, if they are not on the terminal."""
+    return _current_log
+
+
+def describe_address(address: str | None) -> str | None:
+    """What ray.init gets: None (join the cluster `ray start` or RAY_ADDRESS names, else start one),
+    'local', 'auto', or an address as given. Raises ValueError for an empty one."""
+    if address is None:
+        return None
+    address = address.strip()
+    if not address:
+        raise ValueError("--address is empty: use local, auto, host:port or ray://host:port")
+    return address
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, log_file: Path | None, verbose: bool,
+                say: Callable[[str], None]) -> Iterator[None]:
+    """Ray started or joined for the body of a command (kept for the process, as ray.init always was).
+
+    Quiet (not verbose, with a log_file): Ray's logs go to log_file until the body ends."""
+    import ray
+
+    address = describe_address(address)
+    quiet = not verbose and log_file is not None
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(_logs_to(log_file))
+        if not ray.is_initialized():
+            # log_to_driver=False: workers' prints stay in Ray's session logs (as before this change).
+            try:
+                ctx = ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            except Exception as e:  # a plain Exception (start-up timeout), ConnectionError, ValueError...
+                verb = {None: "start or join", "local": "start"}.get(address, "join")
+                raise ClusterError(f"could not {verb} a Ray cluster ({type(e).__name__}: {first_line(e)})",
+                                   hint=_hint(log_file if quiet else None)) from e
+            say(_joined_or_started(ctx, address, log_file if quiet else None))
+        if quiet:
+            stack.enter_context(_quiet_ray_data())
+        yield
+
+
+def _joined_or_started(ctx, address: str | None, log_file: Path | None) -> str:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    node = getattr(ray._private.worker, "_global_node", None)  # None for a ray:// client
+    if node is not None and node.head:
+        what = f"started a private local cluster ({cpus} CPUs)"
+    else:
+        where = getattr(ctx, "address_info", {}).get("gcs_address") or address or "?"
+        what = f"joined the cluster at {where} ({cpus} CPUs)"
+    return f"ray: {what}" + (f"; its logs: {log_file}" if log_file else "")
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """One progress bar per dataset on a terminal (no bar per operator); none when stdout is not one,
+    where Ray Data would log every operator's progress every 10 s."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_operator_progress_bars, ctx.enable_progress_bars
+    ctx.enable_operator_progress_bars = False
+    ctx.enable_progress_bars = saved[1] and sys.stdout.isatty()
+    try:
+        yield
+    finally:
+        ctx.enable_operator_progress_bars, ctx.enable_progress_bars = saved
+
+
+@contextlib.contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """Ray's Python loggers and file descriptor 2 into `path`; sys.stderr stays on the terminal."""
+    global _current_log
+    import ray  # noqa: F401  (sets up the 'ray' logger's console handler on import)
+    import ray.data  # noqa: F401  (and 'ray.data''s: both are replaced below)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)  # ray.data logs DEBUG to Ray's session folder; INFO is enough here
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)s -- "
+                                           "%(message)s"))
+    saved = {}
+    for name in _RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        consoles = [h for h in lg.handlers if _is_console(h)]
+        if name != "ray" and not consoles:
+            continue  # it propagates to "ray" (or only writes Ray's own files)
+        saved[name] = list(lg.handlers)
+        for h in consoles:
+            lg.removeHandler(h)
+        lg.addHandler(handler)
+
+    # The C++ core worker writes its ERROR lines to fd 2 itself: point fd 2 at a pipe into the file (through
+    # ltray._logtee, which also says so when those lines are Ray's last before it ends this process), and
+    # give Python a new stderr on a copy of the terminal's descriptor.
+    sys.stderr.flush()
+    tee = subprocess.Popen([sys.executable, "-m", "ltray._logtee", str(path), _hint(path)],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # its stderr: the terminal
+    old_stderr, term_fd = sys.stderr, os.dup(2)
+    sys.stderr = open(term_fd, "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                      errors="backslashreplace", closefd=False)
+    os.dup2(tee.stdin.fileno(), 2)
+    _current_log = path
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(term_fd, 2)
+        sys.stderr.close()
+        sys.stderr = old_stderr
+        os.close(term_fd)
+        tee.stdin.close()  # the tee ends once no process writes to the pipe (it never holds up this one)
+        for name, handlers in saved.items():
+            lg = logging.getLogger(name)
+            lg.removeHandler(handler)
+            for h in handlers:
+                if h not in lg.handlers:
+                    lg.addHandler(h)
+        handler.close()
+        _current_log = None
+
+
+def _is_console(h: logging.Handler) -> bool:
+    """A handler writing to the terminal: Ray's PlainRayHandler and plain stream handlers (not files)."""
+    return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+
+
+def _hint(log_file: Path | None) -> str:
+    return (f"Ray's logs: {log_file}; " if log_file else "") + (
+        "run again (--address local for a private cluster), or with --debug for the traceback")
+
+
+def lost_cluster_message(e: BaseException) -> tuple[str, str]:
+    """One line and a hint for a cluster that failed or went away mid-run."""
+    return f"lost the Ray cluster ({type(e).__name__}: {first_line(e)})", _hint(_current_log)
+
+
+def cluster_lost(e: BaseException) -> bool:
+    """Whether `e` says the Ray cluster failed or went away (not a bug in a task's code)."""
+    if isinstance(e, ConnectionError):  # Ray raises the builtin when the GCS cannot be reached
+        return _raised_in_ray(e)
+    exc = sys.modules.get("ray.exceptions")
+    if exc is None:
+        return False
+    kinds = tuple(getattr(exc, n) for n in ("RaySystemError", "RayActorError", "LocalRayletDiedError",
+                                            "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+                                            "RpcError", "AuthenticationError") if hasattr(exc, n))
+    return isinstance(e, kinds)
+
+
+def first_line(e: BaseException, limit: int = 240) -> str:
+    """Ray's messages span many lines (often a remote traceback): the first non-empty one, cut."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _raised_in_ray(e: BaseException) -> bool:
+    """Whether Ray's own code raised `e` (a ConnectionError from a download is not about the cluster)."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "ray":
+            return True
+        tb = tb.tb_next
+    return False
