@@ -409,7 +409,7 @@ class Ingress:
 
         self.cfg = _serve_config(serve_cfg)
         _BODY.update(max_bytes=self.cfg.max_body_bytes, read_timeout_s=self.cfg.body_read_timeout_s)
-        self.version = artifacts_version(ArtifactStore(artifacts))
+        self.version = artifacts_version(ArtifactStore(artifacts, mode="r"))  # a reader: never recovers
         self.recall, self.retrieval, self.ranker, self.pipeline = recall, retrieval, ranker, pipeline
         self.metrics = StageMetrics("Ingress")
 
@@ -521,6 +521,9 @@ def _options(cfg: ServeConfig, num_gpus: float = 0.0) -> dict[str, Any]:
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                "target_ongoing_requests": cfg.target_ongoing_requests},
+        # A replica being replaced finishes what it holds: a request may wait out a version switch
+        # (serve.version_switch_wait_s), and Serve's default 20 s grace killed such requests with a 500.
+        "graceful_shutdown_timeout_s": cfg.version_switch_wait_s + cfg.ready_timeout_s,
     }
 
 
