@@ -50,10 +50,12 @@ class CFScorer:
     def z(self, factor: np.ndarray, history: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
         """One user's CF score of each item in item_idx."""
         items = np.asarray(item_idx, np.int64)
-        out = (1.0 - self.item_weight) * self.als_z(factor, items)[0] if self.item_weight < 1 else 0.0
+        out = np.zeros(len(items), np.float64)
+        if self.item_weight < 1:
+            out += (1.0 - self.item_weight) * self.als_z(factor, items)[0]
         if self.item_weight > 0:
-            out = out + self.item_weight * self.item_item.z_scores([history], items)
-        return np.asarray(out, np.float32) * np.ones(len(items), np.float32)
+            out += self.item_weight * self.item_item.z_scores([history], items)
+        return out.astype(np.float32)
 
     def catalog_z(self, factors: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         """(m, n_items) CF scores of every item for m users."""
