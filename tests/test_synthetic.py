@@ -8,7 +8,7 @@ import pytest
 
 from ltray.config import DataConfig, SyntheticConfig
 from ltray.data import COLD, compute_segments, global_time_cut, load_dataset, temporal_holdout
-from ltray.data.synthetic import TOPICS, generate
+from ltray.data.synthetic import TOPICS, _titles_and_texts, generate
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,29 @@ def test_canonical_tables(default_ds):
     assert (inter["weight"] == 1.0).all()
     assert inter["item_id"].isin(items["item_id"]).all()
     assert not inter.duplicated(["user_id", "item_id"]).any()
+
+
+def test_titles_are_unique(default_ds):
+    """A report that says "X because they liked X" needs every title to name one item."""
+    titles = default_ds.items["title"]
+    assert titles.is_unique, titles[titles.duplicated(keep=False)].head().tolist()
+    # One (brand, attribute, noun) drawn far past the line-name count still names distinct items.
+    titles, texts = _titles_and_texts([("coffee", "Acme", "manual", "arabica", "burr grinder")] * 500, seed=7)
+    assert len(set(titles)) == 500 and len(set(texts)) == 500
+    assert all(t.startswith("Acme ") and t.endswith(" manual burr grinder") for t in titles)
+
+
+def test_titles_draw_from_their_own_stream():
+    """Distinct titles do not move the interactions: those come from the seed's main stream."""
+    cfg = SyntheticConfig(n_items=400, n_users=120, seed=11)
+    ds = generate(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    topics = rng.integers(cfg.n_topics, size=cfg.n_items)
+    assert ds.items["topic"].tolist() == [TOPICS[t % len(TOPICS)][0] for t in topics]
+    # Pinned: the interactions this seed made before titles got product lines.
+    assert len(ds.interactions) == 3491
+    assert ds.interactions.head(3).to_numpy().tolist() == [
+        ["u0", "i95", 1601186033, 1.0], ["u0", "i217", 1601315085, 1.0], ["u0", "i251", 1601557045, 1.0]]
 
 
 def test_texts_are_topic_coherent(default_ds):

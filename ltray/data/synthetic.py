@@ -4,6 +4,10 @@ Items belong to a topic and get text drawn from that topic's vocabulary.
 Popularity is Zipf-like. Users carry sparse topic mixtures and pick items
 mostly inside their topics, so an item's text says who wants it, tail items
 included. A few items are released late, so a time split has cold items.
+
+Titles name a brand, a product line, an attribute and a noun. The product line
+is drawn from its own random stream, so titles stay unique without moving the
+stream that makes the interactions.
 """
 
 from __future__ import annotations
@@ -74,18 +78,49 @@ TOPICS: list[tuple[str, list[str], list[str]]] = [
 ]
 _BRANDS = ["Northwind", "Acme", "Blue Fjord", "Kestrel", "Lumen", "Orchid", "Pioneer", "Quill", "Riverstone",
            "Summit", "Tandem", "Vireo", "Wren", "Zephyr", "Ember", "Harbor"]
+# Product-line names: with brand, attribute and noun they make every title distinct.
+_LINES = ["Aurora", "Basalt", "Cascade", "Cedar", "Comet", "Crest", "Drift", "Echo", "Fable", "Falcon",
+          "Fern", "Flint", "Glacier", "Granite", "Halo", "Horizon", "Juniper", "Lark", "Meadow", "Meridian",
+          "Nova", "Onyx", "Prism", "Quartz", "Ridge", "Sable", "Sage", "Sierra", "Solstice", "Spruce",
+          "Tide", "Timber", "Trail", "Tundra", "Umber", "Vale", "Vista", "Willow", "Yarrow", "Zenith"]
+# Generation marks once a (brand, attribute, noun) triple has used every line name.
+_MARKS = ["II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X"]
+# Spawn key of the title stream: independent of the interaction stream of the same seed.
+_TITLE_STREAM = 1
 DAY = 86_400
 
 
-def _item_text(rng: np.random.Generator, topic: int) -> tuple[str, str]:
+def _item_words(rng: np.random.Generator, topic: int) -> tuple[str, str, str, str, str]:
+    """(category, brand, a1, a2, noun) for one item; the draws on `rng` are the historical ones."""
     category, nouns, attrs = TOPICS[topic % len(TOPICS)]
     noun = nouns[rng.integers(len(nouns))]
     picked = rng.choice(len(attrs), size=2, replace=False)
     a1, a2 = attrs[picked[0]], attrs[picked[1]]
     brand = _BRANDS[rng.integers(len(_BRANDS))]
-    title = f"{brand} {a1} {noun}"
-    text = f"{title}. Category: {category}. A {a2}, {a1} {noun} for {category} fans."
-    return title, text
+    return category, brand, a1, a2, noun
+
+
+def _titles_and_texts(words: list[tuple[str, str, str, str, str]], seed: int) -> tuple[list[str], list[str]]:
+    """Distinct titles: each (category, brand, a1, noun) takes line names in its own random order."""
+    gen = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_TITLE_STREAM,)))
+    orders: dict[tuple[str, str, str, str], np.ndarray] = {}
+    used: dict[tuple[str, str, str, str], int] = {}
+    titles, texts = [], []
+    for category, brand, a1, a2, noun in words:
+        key = (category, brand, a1, noun)
+        if key not in orders:
+            orders[key] = gen.permutation(len(_LINES))
+        k = used.get(key, 0)
+        used[key] = k + 1
+        line = _LINES[orders[key][k % len(_LINES)]]
+        gen_no = k // len(_LINES)
+        if gen_no:
+            # Past the line names: a later generation, numbered past the marks if it must be.
+            line += " " + (_MARKS[gen_no - 1] if gen_no <= len(_MARKS) else str(gen_no + 1))
+        title = f"{brand} {line} {a1} {noun}"
+        titles.append(title)
+        texts.append(f"{title}. Category: {category}. A {a2}, {a1} {noun} for {category} fans.")
+    return titles, texts
 
 
 def generate(cfg: SyntheticConfig) -> Dataset:
@@ -95,7 +130,7 @@ def generate(cfg: SyntheticConfig) -> Dataset:
     # Zipf popularity over a random order, so popularity is independent of topic.
     rank = rng.permutation(n_items) + 1
     pop = rank.astype(np.float64) ** -cfg.zipf_exponent
-    titles, texts = zip(*(_item_text(rng, int(t)) for t in topics), strict=True)
+    titles, texts = _titles_and_texts([_item_words(rng, int(t)) for t in topics], cfg.seed)
     # 3% of items are released in the last 10% of the time window: cold in a time split.
     horizon = 365 * DAY
     t0 = 1_600_000_000
