@@ -28,6 +28,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
 import ltray
+from deployments.docs import install_offline_docs
 from deployments.schemas import (
     ErrorBody,
     Health,
@@ -295,7 +296,9 @@ api = FastAPI(
     title="ltray",
     version=ltray.__version__,
     description="Long-tail recommendations: CF recall -> FAISS tail retrieval -> CTR ranking.",
+    docs_url=None, redoc_url=None,  # FastAPI's pages load their JS from a CDN: deployments.docs serves it
 )
+install_offline_docs(api)
 _DEFAULTS = ServeConfig()
 # set per replica from the config (the middleware is built by Starlette, not by us)
 _BODY = {"max_bytes": _DEFAULTS.max_body_bytes, "read_timeout_s": _DEFAULTS.body_read_timeout_s}
