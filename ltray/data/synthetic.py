@@ -87,6 +87,9 @@ _LINES = ["Aurora", "Basalt", "Cascade", "Cedar", "Comet", "Crest", "Drift", "Ec
 _MARKS = ["II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X"]
 # Spawn key of the title stream: independent of the interaction stream of the same seed.
 _TITLE_STREAM = 1
+# Bumped whenever the same config makes other data (2: product-line titles): it is part of the
+# data stage's fingerprint, so a run made by an older generator redoes its data stage.
+GENERATOR_VERSION = 2
 DAY = 86_400
 
 
@@ -181,4 +184,5 @@ def generate(cfg: SyntheticConfig) -> Dataset:
         "ts": np.asarray(ts_out, dtype=np.int64),
         "weight": np.ones(len(users), dtype=np.float32),
     })
-    return Dataset("synthetic", items, inter, {"synthetic": cfg.model_dump()})
+    return Dataset("synthetic", items, inter,
+                   {"synthetic": cfg.model_dump(), "generator_version": GENERATOR_VERSION})
