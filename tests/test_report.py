@@ -74,6 +74,11 @@ def inputs():
                         "source": "cf",
                         "reason": "users like you",
                     },
+                    # Cold: the ranker's score of a never-seen item is noise; one with its text similarity.
+                    {"title": "Sorcerer", "segment": "cold", "score": -97.25, "source": "tail",
+                     "reason": "close to Heat in text", "text_score": 0.6183},
+                    {"title": "Le Samourai", "segment": "cold", "score": -135.5, "source": "tail",
+                     "reason": "close to Thief in text"},
                 ],
             }
         ],
@@ -96,6 +101,12 @@ def test_report_has_every_section_and_valid_figures(tmp_path, inputs):
     # Example user: history and list, tail items marked, table-breaking and HTML characters escaped.
     assert "### User u7" in md and "◆ tail" in md and "Thief \\| 1981" in md
     assert "Ronin &lt;1998&gt;" in page and "Ronin <1998>" not in page
+    # A cold item shows its text similarity, labelled, or no score; never the ranker's meaningless one.
+    assert "| 3 | Sorcerer | ◆ cold | text 0.62 | tail |" in md and "<td>text 0.62</td>" in page
+    assert "| 4 | Le Samourai | ◆ cold | – | tail |" in md
+    assert "-97" not in md and "-135" not in md and "-97" not in page and "-135" not in page
+    assert "| 1 | Le Cercle Rouge | ◆ tail | 0.9100 |" in md  # seen items keep their score
+    assert "cold item was never interacted with" in md
     assert "| total | 65.7000 |" in md
     assert "The bridge did not move" in md
     # Figures: PNG files next to report.md, referenced by name; the HTML embeds the same bytes.

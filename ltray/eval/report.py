@@ -53,6 +53,12 @@ PROTOCOL = (
 )
 _DPI = 110
 _LONG_TAIL = ("tail", "cold")
+_COLD = "cold"
+EXAMPLES_LEGEND = (
+    "Long-tail items (tail or cold) are marked ◆. Scores compare only within one user's list. A cold item "
+    "was never interacted with, so its ranker score means nothing: it shows its text similarity to the "
+    "user's interests (\"text 0.62\") where known, else –."
+)
 
 
 def _fmt(v: Any) -> str:
@@ -203,6 +209,14 @@ def _html_table(header: list[str], rows: list[list[Any]], bold_first: str | None
     return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _rec_score(r: Mapping[str, Any]) -> Any:
+    """The score cell: the ranker's score, or for a cold item its text similarity, labelled, or none."""
+    if str(r.get("segment", "")) != _COLD:
+        return r.get("score", float("nan"))
+    text = r.get("text_score")
+    return f"text {float(text):.2f}" if text is not None and np.isfinite(text) else "–"
+
+
 def _example_rows(ex: Mapping[str, Any]) -> tuple[list[list[Any]], list[list[Any]]]:
     hist = [
         [j + 1, h.get("title", ""), _seg_mark(str(h.get("segment", "")))]
@@ -213,7 +227,7 @@ def _example_rows(ex: Mapping[str, Any]) -> tuple[list[list[Any]], list[list[Any
             j + 1,
             r.get("title", ""),
             _seg_mark(str(r.get("segment", ""))),
-            r.get("score", float("nan")),
+            _rec_score(r),
             r.get("source", ""),
             r.get("reason", ""),
         ]
@@ -247,7 +261,8 @@ def write_report(
     metrics_table: {system: metrics dict from `evaluate`}; a row may carry "note" (e.g. "not installed").
     tradeoff_curve: ours, one {tail_share, Recall@20, TailRecall@20} per operating point.
     decile_exposure: {system: shares per popularity decile}; lorenz: {system: (x, y)}.
-    examples: {user_id, history: [{title, segment}], recs: [{title, segment, score, source, reason}]}.
+    examples: {user_id, history: [{title, segment}], recs: [{title, segment, score, source, reason}]}; a cold
+        rec's score is not shown (meaningless for a never-seen item): its optional text_score is, labelled.
     test_fraction, min_user_interactions, head_share: the split's settings, for the Protocol section.
     verdict: ltray against the baselines and the operating point, in a few sentences, shown first.
     """
@@ -289,7 +304,7 @@ def write_report(
     md += [f"## {SECTIONS[4]}", "", f"![Lorenz curve]({FIGURES['lorenz']})", "", f"## {SECTIONS[5]}", ""]
     if not examples:
         md += ["No example users.", ""]
-    md += ["Long-tail items (tail or cold) are marked ◆.", ""] if examples else []
+    md += [EXAMPLES_LEGEND, ""] if examples else []
     for ex in examples:
         hist, recs = _example_rows(ex)
         md += [f"### User {ex.get('user_id', '?')}", "", "History (most recent last):", ""]
@@ -337,7 +352,7 @@ def write_report(
         )
     h += [f"<h2>{SECTIONS[4]}</h2>", img("lorenz", "Lorenz curve"), f"<h2>{SECTIONS[5]}</h2>"]
     h.append(
-        "<p>Long-tail items (tail or cold) are marked ◆.</p>" if examples else "<p>No example users.</p>"
+        f"<p>{html.escape(EXAMPLES_LEGEND)}</p>" if examples else "<p>No example users.</p>"
     )
     for ex in examples:
         hist, recs = _example_rows(ex)
