@@ -36,8 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from ltray.config import load_config  # noqa: E402
 from ltray.data import compute_segments, temporal_holdout  # noqa: E402
+from ltray.data.segments import segment_codes  # noqa: E402
 from ltray.eval import baselines as B  # noqa: E402
-from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve, segment_codes  # noqa: E402
+from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve  # noqa: E402
 from ltray.eval.report import write_report  # noqa: E402
 
 OUT = REPO / "bench-out"

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore
-from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
+from ltray.candidates import CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config, ServeConfig
 from ltray.data.segments import HEAD
 from ltray.threads import limit_threads
@@ -265,5 +265,5 @@ def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
     return {"items": items, "version": version}
 
 
-__all__ = ["Artifacts", "Candidates", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage", "SEGMENT_CODES",
+__all__ = ["Artifacts", "Candidates", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage",
            "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of", "with_titles"]

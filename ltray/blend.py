@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ltray.data.segments import COLD, HEAD, SEGMENT_CODES
+from ltray.data.segments import COLD, HEAD, Segment
 
 
 def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota", cold_share: float = 0.0,
@@ -41,7 +41,7 @@ class Ranking(NamedTuple):
 def rank_for_blend(score: np.ndarray, segment: np.ndarray, cold_score: np.ndarray | None = None) -> Ranking:
     score = np.asarray(score)
     seg = np.asarray(segment)
-    is_head, is_cold = (seg == SEGMENT_CODES[HEAD], seg == SEGMENT_CODES[COLD]) if seg.dtype.kind in "iu" else (
+    is_head, is_cold = (seg == Segment.HEAD, seg == Segment.COLD) if seg.dtype.kind in "iu" else (
         seg == HEAD, seg == COLD)
     ranked = _order(score)
     if cold_score is None:

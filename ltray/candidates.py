@@ -20,12 +20,11 @@ from ltray.cf.als import ALSRecall
 from ltray.cf.itemitem import ItemItemRecall
 from ltray.cf.scores import CFScorer
 from ltray.config import Config
-from ltray.data.segments import COLD, HEAD, SEGMENT_CODES, TAIL
+from ltray.data.segments import LABELS, Segment
 from ltray.index.bridge import TextToCFBridge
 from ltray.index.faiss_index import VectorIndex, build_subset, build_tail_and_full
 from ltray.index.profiles import recent_items_of, user_profiles
 
-SEGMENT_NAMES = np.array([HEAD, TAIL, COLD], dtype=object)
 SOURCES = ("cf", "item", "tail", "bridge", "pop")
 # A candidate table as plain column arrays (item_idx, from_*, *_score, source, segment): one row per item.
 Columns = dict[str, np.ndarray]
@@ -87,7 +86,7 @@ class CandidateModels:
         """Per user: the share of their distinct training items outside the head (0 without history).
         Derived from the seen matrix and the segments, so every run folder has it."""
         seen = self.als.seen
-        off_head = (self.item_segment != SEGMENT_CODES[HEAD]).astype(np.float64)
+        off_head = (self.item_segment != Segment.HEAD).astype(np.float64)
         n = np.diff(seen.indptr)
         hits = np.bincount(np.repeat(np.arange(len(n)), n), weights=off_head[seen.indices], minlength=len(n))
         return (hits / np.maximum(n, 1)).astype(np.float32)
@@ -101,7 +100,7 @@ class CandidateModels:
     def tail_affinity_of(self, rows: np.ndarray) -> float:
         """The tail affinity of a history given as item rows (session users, folded-in items)."""
         rows = np.unique(np.asarray(rows, np.int64))
-        return float(np.mean(self.item_segment[rows] != SEGMENT_CODES[HEAD])) if len(rows) else 0.0
+        return float(np.mean(self.item_segment[rows] != Segment.HEAD)) if len(rows) else 0.0
 
     @classmethod
     def fit(cls, train: pd.DataFrame, item_ids: np.ndarray, item_vectors: np.ndarray, item_segment: np.ndarray,
@@ -118,9 +117,9 @@ class CandidateModels:
         als.fit(user_rows, item_rows, train["weight"].to_numpy(np.float32), n_users=len(users),
                 n_items=len(item_ids))
         item_item = ItemItemRecall(cfg.cf.item).fit(als.seen) if cfg.cf.item.kind != "none" else None
-        head = item_segment == SEGMENT_CODES[HEAD]
+        head = item_segment == Segment.HEAD
         bridge = TextToCFBridge(cfg.index.bridge_l2).fit(item_vectors[head], als.item_factors[head])
-        tail_index, full_index = build_tail_and_full(item_vectors, item_segment != SEGMENT_CODES[HEAD], cfg.index)
+        tail_index, full_index = build_tail_and_full(item_vectors, item_segment != Segment.HEAD, cfg.index)
         cold_index = cold_index_of(item_vectors, item_segment, cfg)
         profiles = user_profiles(user_rows, item_rows, ts, item_vectors, cfg.index.profile_half_life_days,
                                  cfg.index.profile_recent_items, n_users=len(users))
@@ -193,7 +192,7 @@ class CandidateGenerator:
         self.cfg = cfg
         self._user_row = {u: i for i, u in enumerate(models.user_ids)}
         self._item_row = {it: i for i, it in enumerate(models.item_ids)}
-        self._tail_mask = models.item_segment != SEGMENT_CODES[HEAD]
+        self._tail_mask = models.item_segment != Segment.HEAD
         self._tail_rows = np.flatnonzero(self._tail_mask)
         self._pop_order = np.argsort(-models.item_pop, kind="stable")
 
@@ -329,8 +328,8 @@ class CandidateGenerator:
         seen = np.zeros(0, np.int64) if seen is None else seen
         pop = self._pop_order[~np.isin(self._pop_order, seen)]
         n_tail = n // 2
-        head = pop[self.m.item_segment[pop] == SEGMENT_CODES[HEAD]][: n - n_tail]
-        tail = pop[self.m.item_segment[pop] != SEGMENT_CODES[HEAD]]
+        head = pop[self.m.item_segment[pop] == Segment.HEAD][: n - n_tail]
+        tail = pop[self.m.item_segment[pop] != Segment.HEAD]
         tail = _diverse(self.m.item_vectors, tail[: 10 * n_tail], n_tail)
         ids = np.concatenate([head, tail])
         score = np.log1p(self.m.item_pop[ids])
@@ -353,7 +352,7 @@ class CandidateGenerator:
                     np.fmax.at(best, pos, np.asarray(sc, np.float32))
             out[f"from_{s}"], out[f"{s}_score"] = flag, best
         out["source"] = np.asarray(SOURCES, dtype=object)[src_all[first]]
-        out["segment"] = SEGMENT_NAMES[self.m.item_segment[items]]
+        out["segment"] = LABELS[self.m.item_segment[items]]
         return out
 
     # -- item-side queries ----------------------------------------------------------
@@ -370,23 +369,24 @@ class CandidateGenerator:
 
     def _search_vectors(self, q: np.ndarray, k: int, segment: str | None, exclude: int | None = None
                         ) -> pd.DataFrame:
-        index = self.m.tail_index if segment in (TAIL, COLD) else self.m.full_index
+        seg = None if segment is None else Segment[segment.upper()]  # a label from the caller
+        index = self.m.tail_index if seg in (Segment.TAIL, Segment.COLD) else self.m.full_index
         want = k + 1 if exclude is not None else k
-        if segment is not None:
+        if seg is not None:
             want = max(want * 4, want + 50)  # the filter below drops other segments
         scores, ids = index.search(q, want)
         ids, scores = ids[0], scores[0]
         keep = ids != (exclude if exclude is not None else -2)
-        if segment is not None:
-            keep &= self.m.item_segment[ids] == SEGMENT_CODES[segment]
+        if seg is not None:
+            keep &= self.m.item_segment[ids] == seg
         ids, scores = ids[keep][:k], scores[keep][:k]
         return pd.DataFrame({"item_idx": ids, "item_id": self.m.item_ids[ids], "score": scores,
-                             "segment": SEGMENT_NAMES[self.m.item_segment[ids]]})
+                             "segment": LABELS[self.m.item_segment[ids]]})
 
 
 def cold_index_of(item_vectors: np.ndarray, item_segment: np.ndarray, cfg: Config) -> VectorIndex | None:
     """The index of cold items alone (None when the catalog has none)."""
-    cold = np.asarray(item_segment) == SEGMENT_CODES[COLD]
+    cold = np.asarray(item_segment) == Segment.COLD
     return build_subset(item_vectors, cold, cfg.index) if cold.any() else None
 
 

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore, fingerprint_of
-from ltray.candidates import SEGMENT_CODES, CandidateModels
+from ltray.candidates import CandidateModels
 from ltray.config import Config
 from ltray.data import Dataset, temporal_holdout
 from ltray.data.checks import load_checked
-from ltray.data.segments import segment_code_array
+from ltray.data.segments import Segment, segment_code_array
 
 Log = Any  # a callable(str) -> None; rich console print in the CLI
 
@@ -73,7 +73,7 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _pri
             segs = pd.DataFrame({"item_id": bundle.item_ids, "segment": seg})
             pq.write_table(pa.Table.from_pandas(segs, preserve_index=False), w / "segments.parquet")
             w.info.update(items=len(ds.items), train=len(train), test=0 if test is None else len(test),
-                          segments={k: int((seg == v).sum()) for k, v in SEGMENT_CODES.items()})
+                          segments={s.label: int((seg == s).sum()) for s in Segment})
         store.update_manifest(config=cfg.to_dict(), inputs=ds.sources, dataset=ds.name)
         log(f"data: {len(ds.items):,} items, {len(train):,} train / "
             f"{0 if test is None else len(test):,} test interactions")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ltray.blend import Ranking, blend_positions, pick, quota_slots, rank_for_blend
-from ltray.candidates import SEGMENT_CODES, CandidateGenerator, CandidateModels, Columns, UserState
+from ltray.candidates import CandidateGenerator, CandidateModels, Columns, UserState
 from ltray.config import Config
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.features import UserState as RankUserState
@@ -262,4 +262,4 @@ def _source_order(cands: Cands) -> np.ndarray:
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 
-__all__ = ["Explainer", "Recommender", "feature_context", "SEGMENT_CODES"]
+__all__ = ["Explainer", "Recommender", "feature_context"]

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from ltray.cf.itemitem import spd_inverse
 from ltray.config import ItemItemConfig
 from ltray.data import compute_segments, temporal_holdout
+from ltray.data.segments import Segment, segment_codes
 from ltray.eval.baselines import (
     EASE,
     EASE_MAX_ITEMS,
@@ -32,7 +33,7 @@ from ltray.eval.baselines import (
     top_k,
     tune,
 )
-from ltray.eval.metrics import HEAD_CODE, evaluate, segment_codes
+from ltray.eval.metrics import evaluate
 
 K = 20
 
@@ -160,7 +161,7 @@ def test_tail_quota_gives_the_tail_its_share_of_slots(split):
     model = ALSTailQuota(split["seg"], 0.4, dict(factors=16, iterations=8), dict(half_life_days=90.0))
     model.fit(split["train"], split["vectors"], split["train_ts"])
     recs = model.recommend(split["test_users"], K)
-    long_tail = split["seg"][recs] != HEAD_CODE
+    long_tail = split["seg"][recs] != Segment.HEAD
     # round(0.4 * 20) = 8 slots are ContentKNN's tail / cold picks (ALS may add more tail items).
     assert (long_tail.sum(axis=1) >= 8).all()
     # The tail slots are spread: the top 10 already hold 4 of them.

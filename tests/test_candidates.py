@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ltray.candidates import CandidateGenerator, CandidateModels
-from ltray.data.segments import COLD, SEGMENT_CODES, segment_code_array
+from ltray.data.segments import Segment, segment_code_array
 from ltray.data.split import temporal_holdout
 
 
@@ -24,7 +24,7 @@ def fitted(small_synthetic, small_config):
 
 def test_cold_index_holds_exactly_the_cold_items(fitted):
     models, _ = fitted
-    cold = np.flatnonzero(models.item_segment == SEGMENT_CODES[COLD])
+    cold = np.flatnonzero(models.item_segment == Segment.COLD)
     assert len(cold) > 10  # the synthetic split leaves cold items, or this test says little
     np.testing.assert_array_equal(models.cold_index.ids(), cold)
 
@@ -32,7 +32,7 @@ def test_cold_index_holds_exactly_the_cold_items(fitted):
 def test_tail_part_adds_n_cold_cold_items_the_tail_search_crowds_out(fitted):
     models, cfg = fitted
     gen = CandidateGenerator(models, cfg)
-    cold = models.item_segment == SEGMENT_CODES[COLD]
+    cold = models.item_segment == Segment.COLD
     user = models.user_ids[0]
     st = gen.state(user)
     without = gen.candidate_columns(st, n_cold=0)
@@ -103,7 +103,7 @@ def test_tail_affinity_is_each_users_share_of_distinct_items_outside_the_head(fi
     train, _ = temporal_holdout(small_synthetic.interactions, 0.2, 5)
     row = {it: i for i, it in enumerate(models.item_ids)}
     by_user = train.groupby("user_id")["item_id"].apply(lambda s: sorted({row[i] for i in s}))
-    expect = np.array([np.mean(models.item_segment[by_user[u]] != SEGMENT_CODES["head"])
+    expect = np.array([np.mean(models.item_segment[by_user[u]] != Segment.HEAD)
                        for u in models.user_ids])
     np.testing.assert_allclose(models.user_tail_affinity, expect, rtol=1e-6)
     assert expect.std() > 0.05  # users differ, or the quotas would not spread
@@ -115,13 +115,13 @@ def test_state_carries_the_affinity_of_the_history_it_describes(fitted):
     gen = CandidateGenerator(models, cfg)
     user = models.user_ids[0]
     assert gen.state(user).tail_affinity == pytest.approx(float(models.user_tail_affinity[0]))
-    head = np.flatnonzero(models.item_segment == SEGMENT_CODES["head"])[:4]
-    tail = np.flatnonzero(models.item_segment == SEGMENT_CODES["tail"])[:4]
+    head = np.flatnonzero(models.item_segment == Segment.HEAD)[:4]
+    tail = np.flatnonzero(models.item_segment == Segment.TAIL)[:4]
     session = gen.state("someone-new", list(models.item_ids[np.concatenate([head, tail[:1]])]))
     assert session.tail_affinity == pytest.approx(1 / 5)
     folded = gen.state(user, list(models.item_ids[tail]))  # new items join the known history
     both = np.union1d(gen.state(user).seen, tail)
-    assert folded.tail_affinity == pytest.approx(np.mean(models.item_segment[both] != SEGMENT_CODES["head"]))
+    assert folded.tail_affinity == pytest.approx(np.mean(models.item_segment[both] != Segment.HEAD))
 
 
 def test_tail_search_is_the_exact_best_unseen_items_over_a_users_queries(fitted):

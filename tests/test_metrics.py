@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from ltray.data import compute_segments
+from ltray.data.segments import segment_codes, segments_from_counts
 from ltray.eval.metrics import (
     decile_exposure,
     evaluate,
@@ -17,8 +18,6 @@ from ltray.eval.metrics import (
     gini,
     lorenz_curve,
     popularity_deciles,
-    segment_codes,
-    segments_from_counts,
     to_csr,
 )
 

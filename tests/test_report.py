@@ -10,7 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve, segments_from_counts
+from ltray.data.segments import segments_from_counts
+from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve
 from ltray.eval.report import FIGURES, SECTIONS, TABLE_COLUMNS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

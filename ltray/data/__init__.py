@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ltray.config import DataConfig
 from ltray.data.schema import DataError, Dataset, strip_source_columns
-from ltray.data.segments import COLD, HEAD, TAIL, Segments, compute_segments
+from ltray.data.segments import COLD, HEAD, TAIL, Segment, Segments, compute_segments
 from ltray.data.split import global_time_cut, temporal_holdout
 
 BUILTIN = ("synthetic", "movielens-latest-small", "amazon-office-2014-5core", "lastfm-hetrec-2k")
 
 __all__ = [
-    "BUILTIN", "COLD", "HEAD", "TAIL", "DataError", "Dataset", "Segments", "compute_segments",
+    "BUILTIN", "COLD", "HEAD", "TAIL", "DataError", "Dataset", "Segment", "Segments", "compute_segments",
     "global_time_cut", "load_dataset", "temporal_holdout",
 ]
 

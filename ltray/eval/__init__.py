@@ -1,5 +1,6 @@
 """Offline evaluation: full-ranking metrics, the baselines ltray is measured against, the report."""
 
+from ltray.data.segments import segment_codes, segments_from_counts
 from ltray.eval.baselines import (
     BASELINES,
     EASE,
@@ -21,23 +22,18 @@ from ltray.eval.baselines import (
     tune,
 )
 from ltray.eval.metrics import (
-    COLD_CODE,
-    HEAD_CODE,
-    TAIL_CODE,
     decile_exposure,
     evaluate,
     exposure_counts,
     gini,
     lorenz_curve,
     popularity_deciles,
-    segment_codes,
-    segments_from_counts,
     to_csr,
 )
 from ltray.eval.report import write_report
 
 __all__ = [
-    "BASELINES", "COLD_CODE", "EASE", "HEAD_CODE", "TAIL_CODE", "ALSBaseline", "ALSTailQuota", "ALSTextBlend",
+    "BASELINES", "EASE", "ALSBaseline", "ALSTailQuota", "ALSTextBlend",
     "Baseline", "BaselineSkipped", "ContentKNN", "ItemKNN", "LightFMBaseline", "MostPop", "RP3beta", "TuneResult",
     "decile_exposure", "evaluate", "exposure_counts", "gini", "holdout_sets", "interaction_matrices",
     "lorenz_curve", "popularity_deciles", "segment_codes", "segments_from_counts", "text_bag_features", "to_csr",

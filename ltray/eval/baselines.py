@@ -22,7 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ltray.cf.itemitem import EaseSolution, rp3beta_weights
-from ltray.eval.metrics import HEAD_CODE, evaluate, segments_from_counts, to_csr
+from ltray.data.segments import Segment, segments_from_counts
+from ltray.eval.metrics import evaluate, to_csr
 from ltray.topk import top_k
 from ltray.validation import grid_points
 
@@ -460,7 +461,7 @@ class ALSTailQuota(_ALSContentHybrid):
         out = np.full((len(user_rows), k), -1, dtype=np.int64)
         if n_tail == 0:
             return head_list
-        is_head = self.item_segment == HEAD_CODE
+        is_head = self.item_segment == Segment.HEAD
         tail_list = np.full((len(user_rows), n_tail), -1, dtype=np.int64)
         for lo in range(0, len(user_rows), _USER_BLOCK):
             block = user_rows[lo : lo + _USER_BLOCK]

@@ -2,7 +2,7 @@
 
 Conventions (one index space, see docs/architecture.md):
 - items and users are integer rows; ``recs`` is int64 (n_lists, K) of item rows, -1 pads short lists;
-- ``item_segment`` is int8 per catalog item: 0 head, 1 tail, 2 cold (``segment_codes``);
+- ``item_segment`` is int8 per catalog item: 0 head, 1 tail, 2 cold (``ltray.data.segments.Segment``);
 - ``item_pop`` is the training interaction count per item.
 
 "Long tail" in APLT counts tail AND cold items: both lie outside the head that covers
@@ -17,41 +17,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import scipy.sparse as sp
 
-HEAD_CODE, TAIL_CODE, COLD_CODE = 0, 1, 2
-SEGMENT_NAMES = {HEAD_CODE: "Head", TAIL_CODE: "Tail", COLD_CODE: "Cold"}
-_LABEL_CODES = {"head": HEAD_CODE, "tail": TAIL_CODE, "cold": COLD_CODE}
+from ltray.data.segments import Segment
 
 # Column order of the report's metrics table (also the default of `metric_names`).
 ACCURACY_METRICS = ("Recall", "NDCG", "HitRate", "HeadRecall", "TailRecall", "ColdRecall")
 LIST_METRICS = ("Coverage", "APLT", "Gini", "AvgPop")
-
-
-def segment_codes(labels: Iterable[str]) -> np.ndarray:
-    """'head' / 'tail' / 'cold' labels (as in ``Segments.table['segment']``) -> int8 codes 0 / 1 / 2."""
-    try:
-        return np.fromiter((_LABEL_CODES[str(x)] for x in labels), dtype=np.int8)
-    except KeyError as e:
-        raise ValueError(f"unknown segment label {e.args[0]!r} (expected head, tail or cold)") from None
-
-
-def segments_from_counts(item_pop: np.ndarray, head_share: float = 0.8) -> np.ndarray:
-    """int8 segment codes from training counts, by the rule of ``compute_segments``.
-
-    Head = the most popular items covering head_share of interactions, tail = the other seen
-    items, cold = count 0. Ties in popularity break by item row (compute_segments breaks them by
-    item_id), so the two can differ only at the head boundary among equally popular items.
-    """
-    pop = np.asarray(item_pop, dtype=np.float64)
-    seg = np.full(len(pop), COLD_CODE, dtype=np.int8)
-    total = pop.sum()
-    if total <= 0:
-        return seg
-    order = np.lexsort((np.arange(len(pop)), -pop))
-    cum = np.cumsum(pop[order]) / total
-    n_head = int(np.searchsorted(cum, head_share - 1e-12) + 1)
-    seg[pop > 0] = TAIL_CODE
-    seg[order[:n_head]] = HEAD_CODE
-    return seg
 
 
 def to_csr(test, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -177,7 +147,7 @@ def evaluate(
     entry_seg = item_segment[truth.indices]
     seg_counts = {
         s: np.bincount(entry_user[entry_seg == s], minlength=n_users)[with_test].astype(np.float64)
-        for s in SEGMENT_NAMES
+        for s in Segment
     }
     idcg = _ideal_dcg(width)
     discount = 1.0 / np.log2(np.arange(2, width + 2))
@@ -191,10 +161,10 @@ def evaluate(
         dcg = (h * discount[:k]).sum(axis=1)
         out[f"NDCG@{k}"] = _mean(dcg / idcg[np.minimum(nt, k).astype(int)])
         out[f"HitRate@{k}"] = _mean((n_hit > 0).astype(np.float64))
-        for s, name in SEGMENT_NAMES.items():
+        for s in Segment:
             has = seg_counts[s] > 0
             seg_hit = (h & (rec_seg[:, :k] == s)).sum(axis=1)
-            out[f"{name}Recall@{k}"] = _mean(seg_hit[has] / seg_counts[s][has])
+            out[f"{s.name.title()}Recall@{k}"] = _mean(seg_hit[has] / seg_counts[s][has])
 
         r = recs[:, :k]
         v = all_valid[:, :k]
@@ -202,7 +172,7 @@ def evaluate(
         out[f"Coverage@{k}"] = float(np.count_nonzero(counts) / n_items) if n_items else 0.0
         list_len = v.sum(axis=1)
         nonempty = list_len > 0
-        long_tail = (item_segment[np.maximum(r, 0)] != HEAD_CODE) & v
+        long_tail = (item_segment[np.maximum(r, 0)] != Segment.HEAD) & v
         out[f"APLT@{k}"] = _mean(long_tail.sum(axis=1)[nonempty] / list_len[nonempty])
         out[f"Gini@{k}"] = gini(counts)
         pop_sum = np.where(v, item_pop[np.maximum(r, 0)], 0.0).sum(axis=1)

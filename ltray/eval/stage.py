@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from ltray.config import Config
 from ltray.data import temporal_holdout
+from ltray.data.segments import LABELS
 from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve
 
 K_MAX = 20
@@ -234,11 +235,10 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
 def _examples(rec, bundle, users: np.ndarray, n: int) -> list[dict[str, Any]]:
     items = bundle.items
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
-    seg_names = np.array(["head", "tail", "cold"])
     out = []
     for u in users[:: max(1, len(users) // max(n, 1))][:n]:
         state = rec.generator.state(u)
-        hist = [{"title": titles[i], "segment": seg_names[rec.models.item_segment[i]]} for i in state.recent[:8]]
+        hist = [{"title": titles[i], "segment": LABELS[rec.models.item_segment[i]]} for i in state.recent[:8]]
         recs = rec.recommend(u, k=10)
         out.append({"user_id": u, "history": hist, "recs": [
             {"title": titles[r.item_idx], "segment": r.segment, "score": float(r.score), "source": r.source,

@@ -22,8 +22,7 @@ import faiss
 import numpy as np
 
 from ltray.config import IndexConfig
-
-HEAD, TAIL, COLD = "head", "tail", "cold"
+from ltray.data.segments import COLD, TAIL
 
 # Searches of 2+ queries go through one BLAS pass over the stored vectors. FAISS's default (below 20
 # queries) reads the whole index once per query: memory-bound, 3.0 ms for a user's 6 queries over 8k x 384

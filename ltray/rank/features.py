@@ -22,11 +22,10 @@ import pandas as pd
 import pyarrow as pa
 
 from ltray.config import RankConfig
-from ltray.data.segments import SEGMENT_CODES
+from ltray.data.segments import Segment, segment_codes
 
 FEATURE_VERSION = 3
 SOURCE_FLAGS = ("from_cf", "from_item", "from_tail", "from_bridge", "from_pop")
-SEGMENT_NAMES = ("head", "tail", "cold")
 SPEC_FILE = "feature_spec.json"
 STATE_FILE = "features.npz"
 DAY_S = 86_400.0
@@ -124,7 +123,7 @@ class FeatureContext:
         user_ids = np.asarray(user_ids).astype(str)
         seg = compute_segments(item_ids, train, head_share)
         counts = seg.table["count"].to_numpy(dtype=np.float32)
-        segment = seg.table["segment"].map(SEGMENT_CODES).to_numpy(dtype=np.int8)
+        segment = segment_codes(seg.table["segment"])
         by_user = train.groupby("user_id")["ts"].agg(["size", "max"])
         by_user = by_user.reindex(pd.Index(user_ids))
         user_n = by_user["size"].fillna(0).to_numpy(dtype=np.float32)
@@ -234,12 +233,12 @@ class FeatureBuilder:
         return ([f"item_text_{i}" for i in range(k)] + [f"user_text_{i}" for i in range(k)]
                 + ["profile_cosine", "als_score", "als_z", "recent_cf_cosine", "bridge_score", "item_z", *SOURCE_FLAGS,
                    "log_item_pop"]
-                + [f"segment_{s}" for s in SEGMENT_NAMES] + ["log_user_n", "log_days_since_last"])
+                + [f"segment_{s.label}" for s in Segment] + ["log_user_n", "log_days_since_last"])
 
     def _unscaled_mask(self) -> np.ndarray:
         """Flags and one-hots stay 0/1: standardising them adds nothing."""
         names = self.dense_names()
-        keep = set(SOURCE_FLAGS) | {f"segment_{s}" for s in SEGMENT_NAMES}
+        keep = set(SOURCE_FLAGS) | {f"segment_{s.label}" for s in Segment}
         return np.array([n in keep for n in names])
 
     @property
@@ -314,7 +313,7 @@ class FeatureBuilder:
         log_pop = np.log1p(ctx.item_pop[item_idx].astype(np.float64))
         if debias:
             log_pop = np.full_like(log_pop, self._pop_constant())
-        seg = np.eye(len(SEGMENT_NAMES), dtype=np.float32)[ctx.item_segment[item_idx].astype(np.int64)]
+        seg = np.eye(len(Segment), dtype=np.float32)[ctx.item_segment[item_idx].astype(np.int64)]
         days = np.maximum(ctx.now_ts - last, 0).astype(np.float64) / DAY_S
         cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
                 bridge[:, None], item_z[:, None], flags, log_pop[:, None],
