@@ -28,10 +28,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore
-from ltray.candidates import CandidateGenerator, CandidateModels, Columns, UserState
+from ltray.candidates import CandidateGenerator, CandidateModels, Columns
 from ltray.config import Config, ServeConfig
 from ltray.data.segments import HEAD
 from ltray.threads import limit_threads
+from ltray.user_state import UserState
 
 Part = tuple[str, np.ndarray, np.ndarray]
 

@@ -24,30 +24,12 @@ from ltray.data.segments import LABELS, Segment
 from ltray.index.bridge import TextToCFBridge
 from ltray.index.faiss_index import VectorIndex, build_subset, build_tail_and_full
 from ltray.index.profiles import recent_items_of, user_profiles
+from ltray.user_state import UserState
 
 SOURCES = ("cf", "item", "tail", "bridge", "pop")
 # A candidate table as plain column arrays (item_idx, from_*, *_score, source, segment): one row per item.
 Columns = dict[str, np.ndarray]
 DAY = 86_400.0
-
-
-@dataclass
-class UserState:
-    """What the candidate generator and the ranker know of one user."""
-
-    factor: np.ndarray          # ALS factor (f,), zeros when unknown
-    profile: np.ndarray         # text profile (d,), zeros when unknown
-    recent: np.ndarray          # recent item rows, most recent first
-    seen: np.ndarray            # every item row of the history (what the item-item model scores from)
-    n: float = 0.0              # training interactions
-    last_ts: int = 0
-    tail_affinity: float = 0.0  # share of the history outside the head (scales per-user quotas)
-    exclude_seen: bool = True   # False: items of the history may be recommended again
-
-    @property
-    def excluded(self) -> np.ndarray:
-        """Item rows that recall leaves out."""
-        return np.asarray(self.seen, np.int64) if self.exclude_seen else np.zeros(0, np.int64)
 
 
 @dataclass

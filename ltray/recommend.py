@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 from ltray.blend import Ranking, blend_positions, pick, quota_slots, rank_for_blend
-from ltray.candidates import CandidateGenerator, CandidateModels, Columns, UserState
+from ltray.candidates import CandidateGenerator, CandidateModels, Columns
 from ltray.config import Config
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
-from ltray.rank.features import UserState as RankUserState
 from ltray.rank.ranker import Ranker
 from ltray.text_mining import shared_keywords
 from ltray.threads import single_threaded
+from ltray.user_state import UserState
 
 # Cosine above which an item counts as "like" one from the user's history in a reason string.
 _REASON_MIN_COSINE = 0.5
@@ -154,9 +154,8 @@ class Recommender:
         override = None
         if self.generator.user_row(user_id) is None or len(state.recent) != len(
                 self.models.user_recent[self.generator.user_row(user_id)]):
-            override = {str(user_id): RankUserState(state.factor, state.profile, state.n, state.last_ts,
-                                                    recent_factor(self.models.als.item_factors, state.recent),
-                                                    history=state.seen)}
+            override = {str(user_id): dataclasses.replace(
+                state, recent_factor=recent_factor(self.models.als.item_factors, state.recent))}
         return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
     def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True

@@ -12,10 +12,11 @@ import pytest
 from rank_helpers import build_case, sample_tables
 
 from ltray.config import RankConfig
-from ltray.rank import SOURCE_FLAGS, FeatureBuilder, FeatureSpecError, UserState
+from ltray.rank import SOURCE_FLAGS, FeatureBuilder, FeatureSpecError
 from ltray.rank.features import arrow_to_features
 from ltray.rank.sampling import time_validation_split
 from ltray.rank.train import write_samples
+from ltray.user_state import UserState
 
 CFG = RankConfig(id_buckets=4096, text_dim=8, negatives_per_positive=4)
 
@@ -41,8 +42,8 @@ def test_training_path_and_scoring_path_give_identical_features(case, tmp_path):
     for i in rows:
         one = train.iloc[[i]][["user_id", "item_idx", *SOURCE_FLAGS]]
         u = ctx.user_index[one["user_id"].iloc[0]]
-        override = {one["user_id"].iloc[0]: UserState(ctx.user_factors[u], ctx.user_profiles[u], ctx.user_n[u],
-                                                      int(ctx.user_last_ts[u]))} if i % 2 else None
+        override = {one["user_id"].iloc[0]: UserState(ctx.user_factors[u], ctx.user_profiles[u], n=ctx.user_n[u],
+                                                      last_ts=int(ctx.user_last_ts[u]))} if i % 2 else None
         f = builder.build(ctx, one, users_override=override)
         for key in ("user_hash", "item_hash", "dense"):
             np.testing.assert_array_equal(f[key][0], stored[key][i], err_msg=f"{key} row {i}")

@@ -207,8 +207,8 @@ def test_balanced_objective_falls_back_to_the_sum_when_one_kind_is_never_hit():
 def test_affinity_quotas_scale_with_the_users_history_and_stop_at_the_cap(small_config):
     from types import SimpleNamespace
 
-    from ltray.candidates import UserState
     from ltray.recommend import Recommender
+    from ltray.user_state import UserState
 
     # shares_for reads only the config, its own shares and the average affinity of the models.
     rec = Recommender.__new__(Recommender)

@@ -10,13 +10,12 @@ from ltray.rank.features import (
     FeatureBuilder,
     FeatureContext,
     FeatureSpecError,
-    UserState,
 )
 from ltray.rank.model import CTRModel
 from ltray.rank.ranker import Ranker
 from ltray.rank.sampling import attach_flags, sample_training_table, time_validation_split
 
 __all__ = [
-    "SOURCE_FLAGS", "CTRModel", "FeatureBuilder", "FeatureContext", "FeatureSpecError", "Ranker", "UserState",
+    "SOURCE_FLAGS", "CTRModel", "FeatureBuilder", "FeatureContext", "FeatureSpecError", "Ranker",
     "attach_flags", "sample_training_table", "time_validation_split",
 ]

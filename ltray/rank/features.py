@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from ltray.config import RankConfig
 from ltray.data.segments import Segment, segment_codes
+from ltray.user_state import UserState
 
 FEATURE_VERSION = 3
 SOURCE_FLAGS = ("from_cf", "from_item", "from_tail", "from_bridge", "from_pop")
@@ -34,18 +35,6 @@ _EPS = 1e-8
 
 class FeatureSpecError(ValueError):
     """Features that do not match what a model was trained on."""
-
-
-@dataclass
-class UserState:
-    """What the ranker needs to know about one user; lets Serve score users unknown to the context."""
-
-    factor: np.ndarray  # (f,) ALS user factor (zeros when unknown)
-    profile: np.ndarray  # (d,) recency-weighted text profile
-    n: float = 0.0  # training interactions
-    last_ts: int | None = None  # last interaction time; None = now
-    recent_factor: np.ndarray | None = None  # (f,) mean unit ALS factor of the last few items
-    history: np.ndarray | None = None  # item rows of the history (the item-item score); None = none
 
 
 @dataclass
@@ -185,8 +174,7 @@ def _user_arrays(ctx: FeatureContext, user_ids: np.ndarray | str, overrides: dic
             last[j] = ctx.now_ts if state.last_ts is None else state.last_ts
             if state.recent_factor is not None:
                 rfac[j] = np.asarray(state.recent_factor, np.float32).reshape(f)
-            if state.history is not None:
-                hist[j] = np.asarray(state.history, np.int64)
+            hist[j] = np.asarray(state.seen, np.int64)
             continue
         row = ctx.user_index.get(u)
         if row is not None:
