@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from ltray.config import RankConfig
 from ltray.rank import SOURCE_FLAGS, FeatureBuilder, FeatureSpecError, Ranker
 from ltray.rank.features import arrow_to_features
-from ltray.rank.train import FAIL_MARKER, TRAIN_STATE_FILE, train_ctr
+from ltray.rank.train import FAIL_MARKER, TRAIN_STATE_FILE, train_ctr, write_samples
 
 
 def _cfg(small_config, **kw) -> RankConfig:
@@ -57,6 +57,15 @@ def test_two_workers_two_epochs_beat_a_popularity_scorer(case, trained):
     assert json.loads((Path(trained["out"]) / "rank.json").read_text())["val_auc"] == m["val_auc"]
 
 
+def test_training_deletes_its_train_storage_once_the_ranker_is_saved(trained):
+    """Train's checkpoints, results and the samples (50+ MB a run) go once the best epoch is in the output
+    folder; the output folder alone serves."""
+    storage, m = Path(trained["storage"]), trained["metrics"]
+    assert not storage.exists() or not any(storage.iterdir()), sorted(p.name for p in storage.iterdir())
+    assert m["checkpoint_path"] is None and m["storage_path"] == str(storage)
+    assert {p.name for p in Path(trained["out"]).iterdir()} >= {"model.safetensors", "feature_spec.json", "rank.json"}
+
+
 def test_in_process_training_is_the_same_loop_without_ray_train(case, trained, tmp_path):
     """The throw-away choice ranker trains in the driver: one worker, the same epochs and early stopping,
     nothing written to Train's storage, and it learns what the 2-worker DDP run learns."""
@@ -78,9 +87,7 @@ def test_checkpoint_round_trips_with_identical_scores(case, trained, tmp_path):
     a = Ranker.load(trained["out"])
     scores = a.score(ctx, table)
     assert scores.dtype == np.float32 and scores.shape == (len(table),) and np.isfinite(scores).all()
-    # The Ray Train checkpoint itself, and a copy of the output folder, score the same.
-    from_ckpt = Ranker.load(trained["metrics"]["checkpoint_path"]).score(ctx, table)
-    np.testing.assert_array_equal(scores, from_ckpt)
+    # A copy of the output folder scores the same (the Train checkpoint itself: the resume test).
     copy = tmp_path / "copy"
     shutil.copytree(trained["out"], copy)
     np.testing.assert_array_equal(scores, Ranker.load(copy).score(ctx, table))
@@ -90,10 +97,12 @@ def test_checkpoint_round_trips_with_identical_scores(case, trained, tmp_path):
     np.testing.assert_allclose(one_by_one, a.score(ctx, few), rtol=1e-5, atol=1e-7)
 
 
-def test_features_on_parquet_equal_the_scoring_features(case, trained):
-    """What the Train workers streamed is what Serve builds for the same (user, item)."""
-    m, ctx, val = trained["metrics"], case["ctx"], case["val"]
-    samples = Path(m["storage_path"]) / f"{m['run_name']}-samples" / "val"
+def test_features_on_parquet_equal_the_scoring_features(case, trained, tmp_path):
+    """What the Train workers stream (`write_samples`, as training writes them) is what Serve builds for the
+    same (user, item)."""
+    ctx, val = case["ctx"], case["val"]
+    samples = tmp_path / "val"
+    write_samples(trained["builder"], ctx, val, str(samples))
     stored = arrow_to_features(pq.read_table(samples))
     ranker = Ranker.load(trained["out"])
     idx = np.random.default_rng(0).choice(len(val), size=25, replace=False)
@@ -143,7 +152,7 @@ def test_killed_worker_resumes_from_checkpoint(case, ray_cluster, tmp_path):
     fail_at = steps_per_epoch + 3  # after the first epoch's checkpoint, inside the second epoch
     storage = tmp_path / "storage"
     metrics = train_ctr(case["train"], case["val"], case["ctx"], FeatureBuilder(cfg), cfg, tmp_path / "out",
-                        str(storage), test_hook=fail_at)
+                        str(storage), test_hook=fail_at, keep_storage=True)
     marker = storage / f"{metrics['run_name']}-samples" / FAIL_MARKER
     assert marker.exists() and "rank 1" in marker.read_text()
     assert metrics["resumes"] == 1  # the second attempt started from the epoch-0 checkpoint
@@ -154,6 +163,8 @@ def test_killed_worker_resumes_from_checkpoint(case, ray_cluster, tmp_path):
     assert state["epoch"] >= 1
     scores = Ranker.load(tmp_path / "out").score(case["ctx"], case["val"])
     assert roc_auc_score(case["val"]["label"], scores) == pytest.approx(metrics["val_auc"], abs=1e-6)
+    # The output folder is the best Train checkpoint's model: both score the same.
+    np.testing.assert_array_equal(scores, Ranker.load(metrics["checkpoint_path"]).score(case["ctx"], case["val"]))
 
 
 def test_optimizer_state_round_trips_so_a_resume_continues_exactly(tmp_path):

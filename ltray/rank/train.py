@@ -5,7 +5,9 @@ to the Ray Train storage, so workers (on any node) stream plain tensors and do n
 Each epoch every worker scores the whole validation set, read straight from its Parquet
 (identical weights give identical scores, so the AUC is exact and the same on every rank), rank 0 writes a checkpoint
 (safetensors + feature spec + config + optimizer state) and early stopping watches
-validation AUC. A restarted worker group resumes from the latest checkpoint.
+validation AUC. A restarted worker group resumes from the latest checkpoint. Once the best epoch is
+copied into ``out_dir``, the run's folders in the storage (Train's checkpoints and results, the samples)
+are deleted: nothing reads them afterwards. A failed training leaves them, for diagnosis.
 
 The epoch loop (``_fit_epochs``) talks to a small session: ``_RaySession`` inside a TorchTrainer
 worker, or ``_LocalSession`` for ``in_process`` runs (one worker in this process, for a ranker that
@@ -19,7 +21,9 @@ is exported (LoRA merged) as a Hugging Face folder ``<out_dir>/text_encoder`` fo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -52,6 +56,8 @@ VAL_BATCH_ROWS = 65_536
 TOWER_EVAL_ITEMS = 256  # distinct items per encoder pass when scoring validation (bounds activation memory)
 TEXT_ENCODER_DIR = "text_encoder"
 
+log = logging.getLogger(__name__)
+
 
 class TrainError(RuntimeError):
     """Ray Train could not produce a model."""
@@ -68,6 +74,24 @@ def _join(uri: str, *parts: str) -> str:
     if "://" not in uri:
         return str(Path(uri).expanduser().resolve().joinpath(*parts))
     return "/".join([uri.rstrip("/"), *parts])
+
+
+def remove_run_storage(storage: str, run_name: str) -> None:
+    """Delete one training's folders in Ray Train's storage: its run (checkpoints, results) and its samples.
+
+    A local storage folder left empty goes too (the default ``<run>/_train`` holds nothing else); a
+    URI's root stays, as other runs may share it."""
+    fs, root = _fs(storage)
+    for name in (run_name, f"{run_name}-samples"):
+        try:
+            fs.delete_dir(f"{root}/{name}")
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # disk space is all that is at stake: the ranker is already saved
+            log.warning("could not delete the training folder %s/%s: %s", root, name, e)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with contextlib.suppress(OSError):  # not empty: another training is using it
+            Path(root).rmdir()
 
 
 def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFrame, uri: str,
@@ -458,7 +482,7 @@ def _fit_on_ray_train(loop_config: dict[str, Any], cfg: RankConfig, use_gpu: boo
 def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext, builder: FeatureBuilder,
               cfg: RankConfig, out_dir: str | Path, storage_path: str | None = None,
               test_hook: int | None = None, item_texts: Sequence[str] | None = None,
-              in_process: bool = False) -> dict[str, Any]:
+              in_process: bool = False, keep_storage: bool = False) -> dict[str, Any]:
     """Train the CTR model on labelled sample tables; the best epoch lands in ``out_dir``.
 
     ``train_df`` / ``val_df``: user_id, item_idx, from_* flags, label (validation later in time).
@@ -469,6 +493,8 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     ``in_process``: the same epoch loop in this process, one worker, no Ray at all (no checkpoints in
     storage, no resume): for a small ranker that is thrown away, where Train's start-up (about 20 s
     on 2 cores) costs more than the training.
+    ``keep_storage``: leave this training's checkpoints and samples in the storage (tests and debugging);
+    by default they are deleted once the best epoch is in ``out_dir`` (``checkpoint_path`` is then None).
     Returns the metrics also written to ``out_dir/rank.json``.
     """
     import ray
@@ -521,6 +547,9 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
         else:
             best_row, history, last, best_path = _fit_on_ray_train(loop_config, cfg, use_gpu, run_name, storage,
                                                                    _join(samples, "train"), out)
+            if not keep_storage:
+                remove_run_storage(storage, run_name)
+                best_path = None
         t_fit = time.perf_counter() - t1
     encoder_dir = None
     if tower:
