@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ltray.config import Config, ConfigError, load_config
+from ltray.config import DATA_OPTION, Config, ConfigError, artifacts_uri, build_config, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset.")
@@ -27,17 +26,24 @@ out = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. embed.batch_size=128")]
-DatasetOpt = Annotated[str | None, typer.Option(
-    help="built-in dataset: synthetic | movielens-latest-small | amazon-office-2014-5core | lastfm-hetrec-2k")]
-ItemsOpt = Annotated[str | None, typer.Option(help="items file or folder (CSV, Parquet, JSONL)")]
-InterOpt = Annotated[str | None, typer.Option("--interactions", help="interactions file or folder")]
+
+
+def _data_opt(field: str):
+    """A data option as the jobs/ scripts have it too (ltray.config.DATA_OPTIONS: one list for both)."""
+    o = DATA_OPTION[field]
+    return Annotated[str | None, typer.Option(o.flag, help=o.help)]
+
+
+DatasetOpt = _data_opt("dataset")
+ItemsOpt = _data_opt("items")
+InterOpt = _data_opt("interactions")
 ArtOpt = Annotated[str | None, typer.Option(help="run folder or URI (default ./artifacts/<dataset>)")]
-ItemColOpt = Annotated[str | None, typer.Option("--item-id-col", help="item id column")]
-TextColOpt = Annotated[str | None, typer.Option("--text-col", help="item text column")]
-UserColOpt = Annotated[str | None, typer.Option("--user-id-col", help="user id column")]
-TsColOpt = Annotated[str | None, typer.Option("--ts-col", help="timestamp column")]
-WeightColOpt = Annotated[str | None, typer.Option("--weight-col", help="weight column")]
-TemplateOpt = Annotated[str | None, typer.Option("--text-template", help='e.g. "{title}. Genres: {genres}"')]
+ItemColOpt = _data_opt("item_id_col")
+TextColOpt = _data_opt("text_col")
+UserColOpt = _data_opt("user_id_col")
+TsColOpt = _data_opt("ts_col")
+WeightColOpt = _data_opt("weight_col")
+TemplateOpt = _data_opt("text_template")
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster: local (always a private one), auto (the running one), host:port or "
@@ -87,24 +93,6 @@ def _known_runtime_error(e: RuntimeError) -> bool:
              for m, name in (("ltray.artifacts", "ArtifactError"), ("ltray.rank.train", "TrainError"),
                              ("ltray.raysession", "ClusterError"))]
     return any(cls is not None and isinstance(e, cls) for cls in known)
-
-
-def build_config(config: Path | None, set_: list[str] | None, *, dataset=None, items=None, interactions=None,
-                 item_id_col=None, text_col=None, user_id_col=None, ts_col=None, weight_col=None,
-                 text_template=None) -> Config:
-    overrides = list(set_ or [])
-    for key, val in (("dataset", dataset), ("items", items), ("interactions", interactions),
-                     ("item_id_col", item_id_col), ("text_col", text_col), ("user_id_col", user_id_col),
-                     ("ts_col", ts_col), ("weight_col", weight_col), ("text_template", text_template)):
-        if val is not None:
-            overrides.append(f"data.{key}={json.dumps(val)}")
-    return load_config(config, overrides)
-
-
-def artifacts_uri(cfg: Config, artifacts: str | None) -> str:
-    from ltray.artifacts import default_artifacts_dir
-
-    return artifacts or default_artifacts_dir(cfg.data.dataset if not cfg.data.items else "custom")
 
 
 @data_app.command("inspect")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -248,14 +248,26 @@ class ServeConfig(_Section):
         "(each scales on its own resources); colocated: Ingress -> one deployment running all three stages (one "
         "hop instead of three); auto: colocated on a one-node Ray cluster (a laptop: hops only cost CPU there), "
         "chain on more nodes")
-    num_cpus: float = Field(0.25, gt=0, description="CPUs per replica; four deployments at 0.25 fit in 1 CPU")
+    num_cpus: float = Field(0.125, gt=0, description="CPUs per replica; four deployments at two replicas of 0.125 "
+                            "fit in 1 CPU")
     num_gpus_ranker: float = Field(0.0, ge=0, description="GPU profile: GPUs per CTRRanker replica")
     num_gpus_retrieval: float = Field(0.0, ge=0, description="GPU profile: GPUs per TailRetrieval replica")
     max_ongoing_requests: int = Field(64, ge=1, description="per replica, before Serve queues or rejects")
-    min_replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(
+        2, ge=0, description="replicas each deployment keeps (at most max_replicas): with two, a replica that dies "
+        "leaves one answering while Serve replaces it; with one, requests waited 12-19 s for the replacement")
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaler's target per replica")
     stage_retries: int = Field(1, ge=0, description="retries of a stage call whose replica died (reads only)")
+    retry_wait_s: float = Field(
+        3.0, gt=0, description="how long a retried stage call waits for a live replica; then 503 with Retry-After "
+        "(with no replica left, Serve queues a call until a replacement is up)")
+    health_check_period_s: float = Field(
+        2.0, gt=0, description="Serve's check of each replica: a dead one is replaced only once a check finds it "
+        "(Serve's default, 10 s, left a lone replica's deployment unanswered that much longer)")
+    health_check_timeout_s: float = Field(
+        10.0, gt=0, description="a replica whose check does not answer within this fails it; three failures in a "
+        "row and Serve replaces it (Serve's default: 30 s)")
     max_k: int = Field(500, ge=1, le=500, description="largest k a request may ask for (schema caps at 500)")
     max_text_chars: int = Field(2000, ge=1, le=2000, description="longest /search text (schema caps at 2000)")
     max_recent_items: int = Field(500, ge=1, le=500, description="most session items in one request")
@@ -392,3 +404,47 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             msgs.append(f"{loc}: {err['msg']}")
         src = f" in {path}" if path else ""
         raise ConfigError(f"invalid config{src}: " + "; ".join(msgs)) from None
+
+
+# -- what every entry point takes: the `ltray` CLI (typer) and the jobs/ scripts (argparse) ---------------
+class DataOption(NamedTuple):
+    """One command-line option that sets a ``data.<field>`` of the config."""
+
+    field: str
+    flag: str
+    help: str
+
+
+DATA_OPTIONS: tuple[DataOption, ...] = (
+    DataOption("dataset", "--dataset", "built-in dataset: synthetic | movielens-latest-small | "
+               "amazon-office-2014-5core | lastfm-hetrec-2k"),
+    DataOption("items", "--items", "items file or folder (CSV, Parquet, JSONL)"),
+    DataOption("interactions", "--interactions", "interactions file or folder"),
+    DataOption("item_id_col", "--item-id-col", "item id column"),
+    DataOption("text_col", "--text-col", "item text column"),
+    DataOption("user_id_col", "--user-id-col", "user id column"),
+    DataOption("ts_col", "--ts-col", "timestamp column"),
+    DataOption("weight_col", "--weight-col", "weight column"),
+    DataOption("text_template", "--text-template", 'e.g. "{title}. Genres: {genres}"'),
+)
+DATA_OPTION = {o.field: o for o in DATA_OPTIONS}
+
+
+def build_config(config: str | Path | None, set_: list[str] | None, **data: str | None) -> Config:
+    """``--config``, then the ``--set`` overrides, then the data options (``DATA_OPTIONS``; None = not given)."""
+    unknown = sorted(set(data) - set(DATA_OPTION))
+    if unknown:
+        raise TypeError(f"build_config: no data option {', '.join(unknown)}")
+    overrides = list(set_ or [])
+    for o in DATA_OPTIONS:
+        if data.get(o.field) is not None:
+            # JSON-quoted: a value like "{title}: {genres}" or "yes" stays a string through YAML.
+            overrides.append(f"data.{o.field}={json.dumps(data[o.field])}")
+    return load_config(config, overrides)
+
+
+def artifacts_uri(cfg: Config, artifacts: str | None) -> str:
+    """The run folder or URI: ``--artifacts``, else ./artifacts/<dataset> (``custom`` for files)."""
+    from ltray.artifacts import default_artifacts_dir
+
+    return artifacts or default_artifacts_dir(cfg.data.dataset if not cfg.data.items else "custom")
