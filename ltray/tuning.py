@@ -27,22 +27,10 @@ from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 from ltray.threads import single_threaded
-from ltray.validation import TUNE_K, ranker_halves, user_recall
+from ltray.validation import TUNE_K, held_out, ranker_halves, user_recall
 
 _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
                "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
-
-
-def held_out_rows(gen: CandidateGenerator, held: pd.DataFrame, users: np.ndarray) -> dict[int, np.ndarray]:
-    """{list position: held-out item rows} for `users` (the order of the recommendation lists)."""
-    pos = {u: i for i, u in enumerate(users)}
-    h = held[held["user_id"].isin(pos)]
-    rows = gen.item_rows(h["item_id"].to_numpy())
-    out: dict[int, list[int]] = {}
-    for u, r in zip(h["user_id"].to_numpy(), rows, strict=True):
-        if r >= 0:
-            out.setdefault(pos[u], []).append(int(r))
-    return {k: np.asarray(v, np.int64) for k, v in out.items()}
 
 
 def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.ndarray, k: int) -> np.ndarray:
@@ -133,7 +121,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         settings = [(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds for q in quotas
                     if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
         lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
-        held = held_out_rows(gen, valid, tune_users)
+        held = held_out(valid, pd.Index(tune_users), pd.Index(models.item_ids))
         cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
         cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
         cf_users = user_recall(cf_lists, held)

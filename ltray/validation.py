@@ -46,6 +46,19 @@ def user_recall(lists: np.ndarray, held: dict[int, np.ndarray], k: int = TUNE_K)
     return np.bincount(user, weights=hits, minlength=len(pos)) / np.maximum(counts, 1)
 
 
+def held_out(interactions: pd.DataFrame, user_index: pd.Index, item_index: pd.Index, strict: bool = False
+             ) -> dict[int, np.ndarray]:
+    """{position in user_index: its held-out item rows, sorted and unique}: what `evaluate` scores lists
+    against. Rows whose user or item is outside the indexes are dropped, or with `strict` refused."""
+    u = user_index.get_indexer(interactions["user_id"].to_numpy().astype(str))
+    i = item_index.get_indexer(interactions["item_id"].to_numpy().astype(str))
+    ok = (u >= 0) & (i >= 0)
+    if strict and not ok.all():
+        raise ValueError("held-out interactions hold user or item ids outside the given indexes")
+    df = pd.DataFrame({"u": u[ok], "i": i[ok]})
+    return {int(k): np.unique(g.to_numpy()) for k, g in df.groupby("u")["i"]}
+
+
 def ranker_halves(users: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The validation users split in two, each half sorted: the ranker that chooses the operating point
     learns from the first and the point is chosen on the second, so no choice is scored on what its
@@ -79,14 +92,10 @@ class ValidationSplit:
         item_rows = item_index.get_indexer(fit_part["item_id"].to_numpy().astype(str))
         u = pd.Index(users).get_indexer(valid["user_id"].to_numpy().astype(str))
         i = item_index.get_indexer(valid["item_id"].to_numpy().astype(str))
-        ok = (u >= 0) & (i >= 0)
-        eval_rows = np.unique(u[ok])
+        eval_rows = np.unique(u[(u >= 0) & (i >= 0)])
         if max_users is not None and len(eval_rows) > max_users:
             eval_rows = np.sort(np.random.default_rng(seed).choice(eval_rows, max_users, replace=False))
-        pos = pd.Index(eval_rows).get_indexer(u[ok])
-        held_df = pd.DataFrame({"p": pos, "i": i[ok]})
-        held_df = held_df[held_df["p"] >= 0]
-        held = {int(p): np.unique(g.to_numpy()) for p, g in held_df.groupby("p")["i"]}
+        held = held_out(valid, pd.Index(users[eval_rows]), item_index)
         return cls(fit_part, valid, users, user_rows, item_rows, fit_part["weight"].to_numpy(np.float32),
                    len(item_index), eval_rows, held)
 
@@ -111,9 +120,32 @@ class ValidationSplit:
         return float(r.mean()) if len(r) else 0.0
 
 
+def grid_search(grid: Mapping[str, list], score: Callable[[dict[str, Any]], float], metric: str = f"Recall@{TUNE_K}"
+                ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """Best point of the whole `grid` by `score` (the first best wins ties). Returns (best, its score,
+    trials: each point with its score under `metric` and fit_s)."""
+    best: tuple[dict[str, Any], float] | None = None
+    trials: list[dict[str, Any]] = []
+    for point in grid_points(grid):
+        s = _timed(score, point, metric, trials)
+        if best is None or s > best[1]:
+            best = (dict(point), s)
+    if best is None:
+        raise ValueError("empty grid")
+    return best[0], best[1], trials
+
+
+def _timed(score: Callable[[dict[str, Any]], float], point: dict[str, Any], metric: str,
+           trials: list[dict[str, Any]]) -> float:
+    t = time.perf_counter()
+    s = score(point)
+    trials.append({**point, metric: s, "fit_s": round(time.perf_counter() - t, 3)})
+    return s
+
+
 def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Callable[[dict[str, Any]], float],
-                      rounds: int = 1, deadline: float | None = None, label: str = ""
-                      ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+                      rounds: int = 1, deadline: float | None = None, label: str = "",
+                      metric: str = f"Recall@{TUNE_K}") -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
     """Best point of `grid` by `score`, one field at a time from `start` (the others held at their best so
     far), for `rounds` passes or until `deadline` (time.monotonic()). Each point is scored once; the first
     best wins ties, so `start` is kept unless something beats it. Returns (best, its score, trials)."""
@@ -123,9 +155,7 @@ def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Ca
     def run(point: dict[str, Any]) -> float:
         key = tuple(sorted((k, repr(v)) for k, v in point.items()))
         if key not in seen:
-            t = time.perf_counter()
-            seen[key] = score(point)
-            trials.append({**point, f"Recall@{TUNE_K}": seen[key], "fit_s": round(time.perf_counter() - t, 3)})
+            seen[key] = _timed(score, point, metric, trials)
         return seen[key]
 
     best = {k: start[k] for k in grid} | {k: v for k, v in start.items() if k not in grid}
@@ -145,4 +175,5 @@ def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Ca
     return best, best_score, trials
 
 
-__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "ranker_halves", "user_recall"]
+__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "grid_search", "held_out", "ranker_halves",
+           "user_recall"]

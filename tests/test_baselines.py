@@ -26,7 +26,6 @@ from ltray.eval.baselines import (
     LightFMBaseline,
     MostPop,
     RP3beta,
-    grid_points,
     holdout_sets,
     interaction_matrices,
     text_bag_features,
@@ -34,6 +33,7 @@ from ltray.eval.baselines import (
     tune,
 )
 from ltray.eval.metrics import evaluate
+from ltray.validation import grid_points
 
 K = 20
 

@@ -76,3 +76,25 @@ def test_binary_weighting_ignores_the_weights():
 def test_a_grid_key_that_is_not_a_cf_field_is_a_config_error():
     with pytest.raises(ConfigError, match="tune_grid"):
         load_config(overrides=['cf.tune_grid={"factorz": [8]}'])
+
+
+def test_held_out_maps_ids_to_rows_and_drops_or_refuses_unknown_ones():
+    import pandas as pd
+
+    from ltray.validation import held_out
+
+    df = pd.DataFrame({"user_id": ["b", "a", "a", "b", "z"], "item_id": ["i2", "i1", "i1", "i9", "i1"]})
+    users, items = pd.Index(["a", "b"]), pd.Index(["i0", "i1", "i2"])
+    held = held_out(df, users, items)
+    assert {k: v.tolist() for k, v in held.items()} == {0: [1], 1: [2]}  # i9 and user z dropped, i1 once
+    with pytest.raises(ValueError, match="outside"):
+        held_out(df, users, items, strict=True)
+
+
+def test_grid_search_scores_every_point_and_keeps_the_first_best():
+    from ltray.validation import grid_search
+
+    best, score, trials = grid_search({"a": [1, 2], "b": [0, 1]}, lambda p: float(p["a"] + p["b"] > 1), "m")
+    assert (best, score) == ({"a": 1, "b": 1}, 1.0) and len(trials) == 4 and trials[0]["m"] == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        grid_search({"a": []}, lambda p: 0.0)

@@ -11,7 +11,6 @@ Every baseline ranks the full catalog. ``tune`` grid-searches hyper-parameters o
 from __future__ import annotations
 
 import importlib.util
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ltray.cf.itemitem import EaseSolution, rp3beta_weights
 from ltray.data.segments import Segment, segments_from_counts
 from ltray.eval.metrics import evaluate, to_csr
 from ltray.topk import top_k
-from ltray.validation import grid_points
+from ltray.validation import grid_search, held_out
 
 DAY_S = 86_400.0
 # Users scored per block, so a (block, n_items) float32 score matrix stays small.
@@ -71,13 +70,8 @@ def interaction_matrices(
 
 
 def holdout_sets(test: pd.DataFrame, user_index: pd.Index, item_index: pd.Index) -> dict[int, np.ndarray]:
-    """{user_row: held-out item rows} from a canonical interactions table (what `evaluate` takes)."""
-    u = user_index.get_indexer(test["user_id"])
-    i = item_index.get_indexer(test["item_id"])
-    if (u < 0).any() or (i < 0).any():
-        raise ValueError("test holds user or item ids outside the given indexes")
-    df = pd.DataFrame({"u": u, "i": i})
-    return {int(k): np.unique(g.to_numpy()) for k, g in df.groupby("u")["i"]}
+    """{user_row: held-out item rows} (what `evaluate` takes); every id must be in the indexes."""
+    return held_out(test, user_index, item_index, strict=True)
 
 
 def text_bag_features(texts: list[str], min_df: int = 2, max_features: int = 20_000) -> sp.csr_matrix:
@@ -636,7 +630,6 @@ def tune(
             f"metric must be a metric name such as 'Recall@20', got {type(metric).__name__}; "
             "pass the users to score as users=..."
         )
-    points = grid_points(grid)
     pop = np.asarray(train.getnnz(axis=0), dtype=np.float64)
     seg = segments_from_counts(pop, head_share) if item_segment is None else item_segment
     if k is None:
@@ -645,17 +638,10 @@ def tune(
     if users is None:
         users = np.flatnonzero(np.diff(truth.indptr) > 0)
     users = np.asarray(users, dtype=np.int64)
-    best: TuneResult | None = None
-    trials = []
-    for point in points:
-        t = time.perf_counter()
+
+    def score(point: dict[str, Any]) -> float:
         model = baseline_factory(**point).fit(train, item_vectors, train_ts, item_segment=seg)
-        fit_s = time.perf_counter() - t
-        score = evaluate(model.recommend(users, k), truth, seg, pop, ks=(k,), user_rows=users)[metric]
-        trials.append({**point, metric: score, "fit_s": fit_s})
-        if best is None or score > best.best_score:
-            best = TuneResult(dict(point), score, metric)
-    if best is None:
-        raise ValueError("empty grid")
-    best.trials = trials
-    return best
+        return evaluate(model.recommend(users, k), truth, seg, pop, ks=(k,), user_rows=users)[metric]
+
+    best, best_score, trials = grid_search(grid, score, metric)
+    return TuneResult(best, best_score, metric, trials)

@@ -14,6 +14,7 @@ from ltray.config import Config
 from ltray.data import temporal_holdout
 from ltray.data.segments import LABELS
 from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve
+from ltray.validation import grid_points
 
 K_MAX = 20
 
@@ -85,7 +86,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         out[name] = model.recommend(rows, K_MAX)
         seconds = time.perf_counter() - t0
         info[name] = {"params": params, "tuned": bool(grid), e.tune_metric: score,
-                      "grid_points": len(B.grid_points(grid)) if grid else 0, "seconds": round(seconds, 2)}
+                      "grid_points": len(grid_points(grid)) if grid else 0, "seconds": round(seconds, 2)}
         tuned = f", validation {e.tune_metric} {score:.4f}" if grid else ""
         log(f"eval: baseline {name} {params or ''} ({seconds:.1f}s{tuned})")
 
