@@ -29,6 +29,15 @@ def blend(cands: pd.DataFrame, k: int, tail_share: float, method: str = "quota",
     return picked if scores is None else picked.assign(score=scores)
 
 
+class BlendSetting(NamedTuple):
+    """One operating point of the blend; None takes the Recommender's own value."""
+
+    ranker_weight: float | None = None
+    tail_share: float | None = None
+    cold_share: float | None = None
+    quota_by: str | None = None  # "uniform" or "affinity" (shares scaled by the user's tail affinity)
+
+
 class Ranking(NamedTuple):
     """One list of candidates ranked by a score, with what every quota needs: computed once per score,
     then `pick` serves any number of slot counts."""
@@ -114,4 +123,4 @@ def _boost(ranked_scores: np.ndarray, ranked: np.ndarray, is_tail: np.ndarray, k
     return ranked[top], boosted[top]
 
 
-__all__ = ["Ranking", "blend", "blend_positions", "pick", "quota_slots", "rank_for_blend"]
+__all__ = ["BlendSetting", "Ranking", "blend", "blend_positions", "pick", "quota_slots", "rank_for_blend"]

@@ -7,12 +7,13 @@ Serve, so offline numbers describe the service.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ltray.blend import Ranking, blend_positions, pick, quota_slots, rank_for_blend
+from ltray.blend import BlendSetting, Ranking, blend_positions, pick, quota_slots, rank_for_blend
 from ltray.candidates import CandidateGenerator, CandidateModels, Columns
 from ltray.config import Config
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
@@ -216,26 +217,25 @@ class Recommender:
         for r, cands in enumerate(self.generator.candidate_columns_many(states)):
             yield r, states[r], self.score_candidates(user_ids[r], states[r], cands)
 
-    def recommend_rows(self, user_ids, k: int, settings=((None, None, None, None),)) -> dict[tuple, np.ndarray]:
-        """Batch form for evaluation: one (n_users, k) item-row array per setting (ranker_weight, tail_share,
-        cold_share, quota_by).
-
-        Candidates are generated and scored once per user; None means the Recommender's own value.
-        """
+    def recommend_rows(self, user_ids, k: int, settings: Sequence[BlendSetting] = (BlendSetting(),)
+                       ) -> dict[BlendSetting, np.ndarray]:
+        """Batch form for evaluation: one (n_users, k) item-row array per blend setting. Candidates are
+        generated and scored once per user."""
         out = {st: np.full((len(user_ids), k), -1, np.int64) for st in settings}
         with single_threaded():
             self._fill_rows(out, user_ids, k, settings)
         return out
 
-    def _fill_rows(self, out: dict[tuple, np.ndarray], user_ids, k: int, settings) -> None:
+    def _fill_rows(self, out: dict[BlendSetting, np.ndarray], user_ids, k: int,
+                   settings: Sequence[BlendSetting]) -> None:
         for r, state, cands in self._ranked_in_chunks(user_ids):
             # Settings that give this user the same weight and slot counts give the same list.
             rankings: dict[float, Ranking] = {}
             lists: dict[tuple, np.ndarray] = {}
             cold_score = self.cold_score(cands)
-            for w, share, cold, quota_by in settings:
-                weight = self.ranker_weight if w is None else w
-                slots = quota_slots(k, *self.shares_for(state, share, cold, quota_by))
+            for st in settings:
+                weight = self.ranker_weight if st.ranker_weight is None else st.ranker_weight
+                slots = quota_slots(k, *self.shares_for(state, st.tail_share, st.cold_share, st.quota_by))
                 if (weight, slots) not in lists:
                     if weight not in rankings:
                         rankings[weight] = rank_for_blend(combine(cands["cf_z"], cands["ranker_logit"], weight),
@@ -243,7 +243,7 @@ class Recommender:
                     pos, _ = pick(rankings[weight], k, *slots, self.cfg.blend.method)
                     lists[(weight, slots)] = cands["item_idx"][pos]
                 rows = lists[(weight, slots)]
-                out[(w, share, cold, quota_by)][r, : len(rows)] = rows
+                out[st][r, : len(rows)] = rows
 
 
 def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:

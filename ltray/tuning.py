@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ltray.blend import BlendSetting
 from ltray.candidates import CandidateGenerator, CandidateModels
 from ltray.config import Config
 from ltray.data import temporal_holdout
@@ -118,19 +119,19 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
         colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
         quotas = (cfg.blend.quota_by,) if cfg.blend.quota_by is not None else cfg.eval.quota_by_grid
-        settings = [(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds for q in quotas
-                    if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
+        settings = [BlendSetting(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds
+                    for q in quotas if q == quotas[0] or s + c > 0]  # with no quota every spread is the same
         lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
         held = held_out(valid, pd.Index(tune_users), pd.Index(models.item_ids))
         cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
         cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
         cf_users = user_recall(cf_lists, held)
         curve = []
-        for w, s, c, q in settings:
-            m = evaluate(lists[(w, s, c, q)], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-            curve.append({"ranker_weight": w, "tail_share": s, "cold_share": c, "quota_by": q,
+        for st in settings:
+            m = evaluate(lists[st], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+            curve.append({**st._asdict(),
                           **{k: float(v) for k, v in m.items() if "@" in k},
-                          "floor_se": floor_gap_se(user_recall(lists[(w, s, c, q)], held), cf_users,
+                          "floor_se": floor_gap_se(user_recall(lists[st], held), cf_users,
                                                    cfg.eval.max_recall_loss)})
         chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                    objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)

@@ -108,7 +108,9 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
     _, art, _, _ = synthetic_run
     rec = load_recommender(art)
     users = np.array([*rec.models.user_ids[:300], "nobody-knows-me"])
-    own, asked = (None, None, None, None), (None, 0.4, None, "uniform")  # a share asked for is not scaled
+    from ltray.blend import BlendSetting
+
+    own, asked = BlendSetting(), BlendSetting(tail_share=0.4, quota_by="uniform")  # a share asked for: not scaled
     rows = rec.recommend_rows(users, 20, settings=[own, asked])
     for r, u in enumerate(users):
         alone = rec.recommend(u, k=20, explain=False)["item_idx"].to_numpy()

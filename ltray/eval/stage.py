@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ltray.blend import BlendSetting
 from ltray.config import Config
 from ltray.data import temporal_holdout
 from ltray.data.segments import LABELS
@@ -177,8 +178,8 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     test_csr = _csr(test, upos, rec.generator.item_rows(test["item_id"].to_numpy()), len(bundle.item_ids))
     grid = tuple(cfg.eval.tail_share_grid)
     t_rec = time.perf_counter()
-    own = (None, None, None, None)
-    lists = rec.recommend_rows(users, K_MAX, settings=[own, *((None, s, None, None) for s in grid)])
+    own = BlendSetting()
+    lists = rec.recommend_rows(users, K_MAX, settings=[own, *(BlendSetting(tail_share=s) for s in grid)])
     rec_seconds = time.perf_counter() - t_rec
     seg, pop = models.item_segment, models.item_pop
     ks = tuple(cfg.eval.ks)
@@ -186,7 +187,7 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     table = {"ltray": evaluate(ours, test_csr, seg, pop, ks=ks)}
     curve = []
     for s in grid:
-        m = evaluate(lists[(None, s, None, None)], test_csr, seg, pop, ks=(K_MAX,))
+        m = evaluate(lists[BlendSetting(tail_share=s)], test_csr, seg, pop, ks=(K_MAX,))
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
     base_lists, base_info = run_baselines(bundle, vectors, cfg, users, test_csr, log)
