@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from typing import Any
@@ -533,8 +534,9 @@ def _options(cfg: ServeConfig, num_gpus: float = 0.0) -> dict[str, Any]:
 def serve_config_from_args(args: dict[str, Any]) -> tuple[str, ServeConfig]:
     """`artifacts=URI` (required), `config=FILE` (optional) and `serve.field=value` overrides."""
     args = {str(k): v for k, v in (args or {}).items()}
+    args["artifacts"] = args.get("artifacts") or os.environ.get("LTRAY_ARTIFACTS")  # serve_config.yaml's way
     if not args.get("artifacts"):
-        raise ValueError("build_app needs artifacts=<run folder or URI>, e.g. "
+        raise ValueError("build_app needs artifacts=<run folder or URI> (or LTRAY_ARTIFACTS), e.g. "
                          "serve run deployments.app:build_app artifacts=artifacts/synthetic")
     unknown = [k for k in args if k not in ("artifacts", "config") and not k.startswith("serve.")]
     if unknown:
