@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ltray.config import RankConfig
+from ltray.data.segments import compute_segments, segment_codes
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.sampling import sample_training_table, time_validation_split
 
@@ -38,6 +39,27 @@ def fit_als(user_codes: np.ndarray, item_idx: np.ndarray, n_users: int, n_items:
     uf, itf = np.asarray(als.user_factors, np.float32), np.asarray(als.item_factors, np.float32)
     itf[np.bincount(item_idx, minlength=n_items) == 0] = 0.0  # cold items: no CF signal
     return uf, itf
+
+
+def context_from_training(item_ids, train: pd.DataFrame, item_vectors: np.ndarray, item_factors: np.ndarray,
+                          item_bridge: np.ndarray, user_ids, user_factors: np.ndarray, user_profiles: np.ndarray,
+                          head_share: float = 0.8, now_ts: int | None = None) -> FeatureContext:
+    """A FeatureContext from hand-made factors: counts, segments, activity and recency from the training
+    interactions (user_id, item_id, ts), by the library's own segment rule."""
+    item_ids = np.asarray(item_ids).astype(str)
+    user_ids = np.asarray(user_ids).astype(str)
+    seg = compute_segments(item_ids, train, head_share)
+    by_user = train.groupby("user_id")["ts"].agg(["size", "max"]).reindex(pd.Index(user_ids))
+    now = int(train["ts"].max()) if now_ts is None else int(now_ts)
+    return FeatureContext(item_ids=item_ids, item_vectors=np.asarray(item_vectors, np.float32),
+                          item_factors=np.asarray(item_factors, np.float32),
+                          item_bridge=np.asarray(item_bridge, np.float32),
+                          item_pop=seg.table["count"].to_numpy(dtype=np.float32),
+                          item_segment=segment_codes(seg.table["segment"]), user_ids=user_ids,
+                          user_factors=np.asarray(user_factors, np.float32),
+                          user_profiles=np.asarray(user_profiles, np.float32),
+                          user_n=by_user["size"].fillna(0).to_numpy(dtype=np.float32),
+                          user_last_ts=by_user["max"].fillna(now).to_numpy(dtype=np.int64), now_ts=now)
 
 
 def build_case(dataset, val_fraction: float = 0.15, context_fraction: float = 0.0, seed: int = 0):
@@ -71,8 +93,8 @@ def build_case(dataset, val_fraction: float = 0.15, context_fraction: float = 0.
     prof = np.zeros((n_users, TEXT_DIM), np.float32)
     np.add.at(prof, uc, vectors[train_pos["item_idx"].to_numpy()])
     prof /= np.maximum(np.linalg.norm(prof, axis=1, keepdims=True), 1e-8)
-    ctx = FeatureContext.from_training(items["item_id"], train_pos, vectors, itf, bridge, user_ids, uf, prof,
-                                       now_ts=int(train_pos["ts"].max()))
+    ctx = context_from_training(items["item_id"], train_pos, vectors, itf, bridge, user_ids, uf, prof,
+                                now_ts=int(train_pos["ts"].max()))
     return ctx, rank_pos, val_pos, make_candidates(ctx), history
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ltray.config import RankConfig
-from ltray.data.segments import Segment, segment_codes
+from ltray.data.segments import Segment
 from ltray.user_state import UserState
 
 FEATURE_VERSION = 3
@@ -100,30 +100,6 @@ class FeatureContext:
     def item_hash(self) -> np.ndarray:
         """Raw 32-bit hashes of every item id (bucketed by the builder)."""
         return stable_hash(self.item_ids)
-
-    @classmethod
-    def from_training(cls, item_ids, train: pd.DataFrame, item_vectors: np.ndarray, item_factors: np.ndarray,
-                      item_bridge: np.ndarray, user_ids, user_factors: np.ndarray, user_profiles: np.ndarray,
-                      head_share: float = 0.8, now_ts: int | None = None) -> FeatureContext:
-        """Counts, segments, activity and recency from the training interactions (user_id, item_id, ts)."""
-        from ltray.data.segments import compute_segments
-
-        item_ids = np.asarray(item_ids).astype(str)
-        user_ids = np.asarray(user_ids).astype(str)
-        seg = compute_segments(item_ids, train, head_share)
-        counts = seg.table["count"].to_numpy(dtype=np.float32)
-        segment = segment_codes(seg.table["segment"])
-        by_user = train.groupby("user_id")["ts"].agg(["size", "max"])
-        by_user = by_user.reindex(pd.Index(user_ids))
-        user_n = by_user["size"].fillna(0).to_numpy(dtype=np.float32)
-        now = int(train["ts"].max()) if now_ts is None else int(now_ts)
-        last = by_user["max"].fillna(now).to_numpy(dtype=np.int64)
-        return cls(item_ids=item_ids, item_vectors=np.asarray(item_vectors, np.float32),
-                   item_factors=np.asarray(item_factors, np.float32),
-                   item_bridge=np.asarray(item_bridge, np.float32), item_pop=counts, item_segment=segment,
-                   user_ids=user_ids, user_factors=np.asarray(user_factors, np.float32),
-                   user_profiles=np.asarray(user_profiles, np.float32), user_n=user_n, user_last_ts=last,
-                   now_ts=now)
 
 
 def stable_hash(ids) -> np.ndarray:
