@@ -224,7 +224,7 @@ class ALSRecall:
     # ------------------------------------------------------------------ fold-in
     def fold_in(self, item_idx, weights=None) -> np.ndarray:
         """User factor (f,) for the given interactions, item factors fixed: the exact ALS user solve
-        ``x = (Y^T C Y + reg I)^-1 Y^T C p`` (Cholesky, through implicit's ``recalculate_user``).
+        ``x = (Y^T C Y + reg I)^-1 Y^T C p``, as implicit's ``recalculate_user`` solves it.
 
         Pass a user's full history (old + new items) to update an existing user; a new user passes
         what they have. Nothing is stored; see ``update_user`` for that.
@@ -242,14 +242,16 @@ class ALSRecall:
         if row.nnz == 0:
             return np.zeros(self.item_factors.shape[1], np.float32)
         conf = self._confidence(row)
-        model = self._model(n_factors=self.item_factors.shape[1])
-        model.item_factors = self.item_factors
-        if self._yty is None:
-            self._yty = self.item_factors.T @ self.item_factors
-        model._YtY = self._yty
+        y = self.item_factors[conf.indices].astype(np.float64)
+        c = conf.data.astype(np.float64)
+        if self._yty is None:  # the Y^T Y every solve shares
+            f = self.item_factors.astype(np.float64)
+            self._yty = f.T @ f
+        # Y^T C Y = Y^T Y + Y_u^T (C_u - I) Y_u: only the user's own items differ from 1 (implicit's form).
+        a = self._yty + self.cfg.regularization * np.eye(len(self._yty)) + (y * (c - 1.0)[:, None]).T @ y
         with threadpool_limits(1, "blas"):
-            x = model.recalculate_user(0, conf)
-        return np.asarray(x, dtype=np.float32)
+            x = np.linalg.solve(a, y.T @ c)
+        return x.astype(np.float32)
 
     def update_user(self, user_row: int, item_idx, weights=None, user_id: str | None = None) -> np.ndarray:
         """Fold in a user's full history and store it; ``user_row == n_users`` appends a new user."""
