@@ -2,7 +2,7 @@
 
 A user's candidates and ranking are a few small searches, matmuls and a forward pass over a few
 hundred rows. With every library's pool at the machine's cores, their threads spin against each
-other: on 2 cores one user took 85 ms of wall time and 167 ms of CPU, against 6 ms on one thread.
+other and a user costs many times the wall time and CPU of one thread.
 Serve replicas keep one thread for life (`limit_threads`); offline loops over users hold it while
 they run (`single_threaded`).
 """

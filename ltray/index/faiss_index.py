@@ -25,8 +25,7 @@ from ltray.config import IndexConfig
 from ltray.data.segments import COLD, TAIL
 
 # Searches of 2+ queries go through one BLAS pass over the stored vectors. FAISS's default (below 20
-# queries) reads the whole index once per query: memory-bound, 3.0 ms for a user's 6 queries over 8k x 384
-# vectors on a 2-core VM, against 1.6 ms as one pass.
+# queries) reads the whole index once per query, which is memory-bound: a user's few queries are one pass.
 faiss.cvar.distance_compute_blas_threshold = 2
 
 
