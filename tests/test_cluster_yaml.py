@@ -47,11 +47,9 @@ def _workers(cluster: dict) -> dict[str, dict]:
 def _full_scale(cluster: dict) -> dict[str, float]:
     """Resources of the cluster with every group at max_workers."""
     total: dict[str, float] = {}
-    head = cluster["available_node_types"][cluster["head_node_type"]]
     for name, count in [(cluster["head_node_type"], 1)] + [(k, v["max_workers"]) for k, v in _workers(cluster).items()]:
         for r, q in cluster["available_node_types"][name]["resources"].items():
             total[r] = total.get(r, 0) + q * count
-    assert head is not None
     return total
 
 

@@ -11,7 +11,7 @@ from ltray.config import Config, ConfigError, apply_overrides, load_config
 
 def test_defaults_load_and_run_on_a_laptop():
     cfg = load_config()
-    assert isinstance(cfg, Config)
+    assert cfg == Config()  # no file, no overrides: the defaults as declared
     assert set(cfg.to_dict()) == {"data", "embed", "cf", "index", "rank", "blend", "serve", "eval"}
     assert cfg.data.dataset == "synthetic"
     assert cfg.data.synthetic.n_items == 5000
