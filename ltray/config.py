@@ -14,6 +14,8 @@ from typing import Any, Literal, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ltray.errors import LtrayError
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -355,7 +357,7 @@ class Config(_Section):
         return {s: full[s] for s in sections}
 
 
-class ConfigError(ValueError):
+class ConfigError(LtrayError, ValueError):
     """A config file or override that does not fit the schema."""
 
 

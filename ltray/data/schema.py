@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ltray.errors import LtrayError
+
 ITEM_COLUMNS = ("item_id", "text")
 INTERACTION_COLUMNS = ("user_id", "item_id", "ts", "weight")
 # Bookkeeping columns the readers add so that errors can name the source row.
@@ -23,7 +25,7 @@ _MAX_ROWS_SHOWN = 5
 MAX_TS_SECONDS = 100_000_000_000
 
 
-class DataError(ValueError):
+class DataError(LtrayError, ValueError):
     """Bad input data: the message names the file, the row(s) and the column."""
 
     def __init__(self, message: str, *, file: str | None = None, rows: list[int] | None = None,
@@ -39,7 +41,7 @@ class DataError(ValueError):
         if column:
             where.append(f"column '{column}'")
         prefix = ", ".join(where)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        super().__init__(f"{prefix}: {message}" if prefix else message, hint)
 
 
 @dataclass

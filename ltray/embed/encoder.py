@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from ltray.embed.device import choose_device, choose_dtype, probe_hardware
+from ltray.errors import LtrayError
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(LtrayError, ValueError):
     """A model argument that looks like a folder but is not one."""
 
 

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ltray.config import Config, EmbedConfig
 from ltray.embed.encoder import TextEncoder, model_id_of, resolve_model, text_hash
+from ltray.errors import LtrayError
 
 STAGE = "embed"
 MANIFEST_FILE = "embed.json"
@@ -43,7 +44,7 @@ MANIFEST_FILE = "embed.json"
 SIGNATURE_FIELDS = ("pooling", "max_length")
 
 
-class EmbedError(ValueError):
+class EmbedError(LtrayError, ValueError):
     """Bad input to the embedding stage, or a previous artifact that cannot be used."""
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from ltray.config import RankConfig
 from ltray.data.segments import Segment
+from ltray.errors import LtrayError
 from ltray.user_state import UserState
 
 FEATURE_VERSION = 3
@@ -33,7 +34,7 @@ DAY_S = 86_400.0
 _EPS = 1e-8
 
 
-class FeatureSpecError(ValueError):
+class FeatureSpecError(LtrayError, ValueError):
     """Features that do not match what a model was trained on."""
 
 

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ltray.errors import LtrayError
+
 # Attention query/value projections across BERT-family naming (BERT/RoBERTa, DistilBERT, others).
 LORA_TARGETS = ("query", "value", "q_lin", "v_lin", "q_proj", "v_proj")
 TOWER_MODES = ("top_layers", "lora")
 
 
-class TextTowerError(ValueError):
+class TextTowerError(LtrayError, ValueError):
     """A text-tower setting the encoder cannot take."""
 
 

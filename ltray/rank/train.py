@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import log_loss, roc_auc_score
 
 from ltray.config import RankConfig
+from ltray.errors import LtrayError
 from ltray.rank.features import FeatureBuilder, FeatureContext, arrow_to_features, features_to_arrow
 from ltray.rank.model import WEIGHTS_FILE, CTRModel, bce_loss, load_model, save_model
 from ltray.rank.ranker import RANK_CONFIG_FILE, TOWER_ITEMS_FILE
@@ -59,7 +60,7 @@ TEXT_ENCODER_DIR = "text_encoder"
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(LtrayError, RuntimeError):
     """Ray Train could not produce a model."""
 
 
