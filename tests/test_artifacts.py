@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 
 from ltray.artifacts import ArtifactError, ArtifactStore, fingerprint_of
@@ -30,11 +31,24 @@ def _commit(store: ArtifactStore, stage: str, payload: str, fingerprint: str | N
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes and every link's target (rglob does not follow links)."""
+    return {str(p.relative_to(root)): (b"-> " + os.readlink(p).encode()) if p.is_symlink() else p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
 
 
 def _temp_entries(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".old-")))
+
+
+def _legacy_run(root: Path, payload: str) -> str:
+    """A run as the layout before versioned folders left it: ``embed/`` itself holds the committed version."""
+    version = "0123456789ab"
+    (root / "embed").mkdir(parents=True)
+    (root / "embed" / "payload.txt").write_text(payload)
+    (root / "embed" / ".version").write_text(version)
+    (root / "manifest.json").write_text(json.dumps({"stages": {"embed": {"version": version, "fingerprint": "old"}}}))
+    (root / ".lock").touch()  # what the first writer's open adds (empty while no one holds it)
+    return version
 
 
 def _dead_pid() -> int:
@@ -47,7 +61,11 @@ def test_a_commit_is_visible_with_its_manifest_entry(tmp_path):
     store = ArtifactStore(tmp_path / "run")
     version = _commit(store, "embed", "v1", fingerprint="fp1", model="minilm")
     folder = store.stage_path("embed")
-    assert folder == (tmp_path / "run" / "embed").resolve()
+    # One folder per committed version; <stage> links to the one the manifest names.
+    assert folder == (tmp_path / "run" / f"embed@{version}").resolve()
+    assert (folder / ".version").read_text() == version
+    assert os.readlink(tmp_path / "run" / "embed") == f"embed@{version}"
+    assert (tmp_path / "run" / "embed" / "payload.txt").read_text() == "v1"
     assert (folder / "payload.txt").read_text() == "v1"
     assert np.load(folder / "vectors.npy", allow_pickle=False).shape == (3, 2)
     entry = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["embed"]
@@ -145,10 +163,9 @@ def test_a_temp_folder_of_a_live_writer_is_left_alone(tmp_path):
     assert store.has("index")
 
 
-def test_a_kill_between_the_two_renames_is_undone(tmp_path):
+def test_a_kill_between_the_two_renames_of_the_earlier_layout_is_undone(tmp_path):
     root = tmp_path / "run"
-    store = ArtifactStore(root)
-    version = _commit(store, "embed", "good", fingerprint="old")
+    version = _legacy_run(root, "good")
     before = _snapshot(root)
     # The state a commit leaves when killed after moving the old stage aside and before
     # renaming the new one in: no stage folder, the old one under .old-, the new one under .tmp-.
@@ -158,6 +175,7 @@ def test_a_kill_between_the_two_renames_is_undone(tmp_path):
     (new / "payload.txt").write_text("new")
     (new / ".version").write_text("never-recorded")
     (new / ".owner").write_text(f"{socket.gethostname()}:{_dead_pid()}")
+    assert (ArtifactStore(root, mode="r").stage_path("embed") / "payload.txt").read_text() == "good"
     reopened = ArtifactStore(root)
     assert _temp_entries(root) == []
     assert _snapshot(root) == before
@@ -166,10 +184,9 @@ def test_a_kill_between_the_two_renames_is_undone(tmp_path):
     assert (reopened.stage_path("embed") / "payload.txt").read_text() == "good"
 
 
-def test_a_kill_after_the_renames_but_before_the_manifest_restores_the_recorded_version(tmp_path):
+def test_a_kill_after_the_renames_of_the_earlier_layout_restores_the_recorded_version(tmp_path):
     root = tmp_path / "run"
-    store = ArtifactStore(root)
-    _commit(store, "embed", "good", fingerprint="old")
+    _legacy_run(root, "good")
     before = _snapshot(root)
     # The new stage is in place, the old one is still aside, the manifest still names the old one.
     (root / "embed").rename(root / ".old-embed-1a2b3c4d")
@@ -181,10 +198,9 @@ def test_a_kill_after_the_renames_but_before_the_manifest_restores_the_recorded_
     assert (reopened.stage_path("embed") / "payload.txt").read_text() == "good"
 
 
-def test_a_stage_folder_the_manifest_does_not_name_is_not_trusted(tmp_path):
+def test_a_stage_folder_of_the_earlier_layout_the_manifest_does_not_name_is_not_trusted(tmp_path):
     root = tmp_path / "run"
-    store = ArtifactStore(root)
-    _commit(store, "embed", "good", fingerprint="old")
+    _legacy_run(root, "good")
     # The commit finished its renames and the old copy was dropped, but the manifest update never ran.
     (root / "embed" / ".version").write_text("never-recorded")
     reopened = ArtifactStore(root)
@@ -224,7 +240,7 @@ def test_is_current_follows_the_fingerprint(tmp_path):
     assert store.is_current("embed", fp_b) and not store.is_current("embed", fp_a)
     assert not store.is_current("cf", fp_b)
     # A manifest entry whose folder is gone is not current.
-    shutil.rmtree(tmp_path / "run" / "embed")
+    shutil.rmtree(store.stage_path("embed"))
     assert not store.is_current("embed", fp_b)
 
 
@@ -266,9 +282,8 @@ def test_file_uri_is_the_same_local_store(tmp_path):
 def test_a_remote_filesystem_uri_commits_and_reads_back(tmp_path, monkeypatch):
     # pyarrow's in-memory filesystem exercises the remote path: stage locally, upload, move, download.
     monkeypatch.setenv("LTRAY_CACHE", str(tmp_path / "cache"))
-    store = ArtifactStore("mock:///runs/demo")
+    store = ArtifactStore("mock:///runs/demo", retain_s=0)  # a replaced version goes at the next commit
     assert store.fs is not None and str(store.root).startswith(str(tmp_path / "cache"))
-    import pyarrow.fs as pafs
 
     def remote_versions() -> list[str]:
         infos = store.fs.get_file_info(pafs.FileSelector("runs/demo/embed", allow_not_found=True))
@@ -298,3 +313,150 @@ def test_a_remote_filesystem_uri_commits_and_reads_back(tmp_path, monkeypatch):
 def test_an_unreachable_uri_is_an_artifact_error():
     with pytest.raises(ArtifactError, match="not reachable"):
         ArtifactStore("nosuchscheme://bucket/run")
+
+
+# -- versioned folders: what a kill at each step of a commit leaves, and what the next writer does --------
+
+def _stage_dirs(root: Path, stage: str = "embed") -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(f"{stage}@"))
+
+
+def test_a_commit_killed_before_its_manifest_update_leaves_an_unnamed_version_the_next_writer_drops(tmp_path):
+    root = tmp_path / "run"
+    store = ArtifactStore(root)
+    version = _commit(store, "embed", "good", fingerprint="old")
+    before = _snapshot(root)
+    # The state after the rename into <stage>@<version> and before the manifest names it.
+    orphan = root / "embed@0rphan000000"
+    orphan.mkdir()
+    (orphan / "payload.txt").write_text("new")
+    (orphan / ".version").write_text("0rphan000000")
+    reader = ArtifactStore(root, mode="r")
+    assert (reader.stage_path("embed") / "payload.txt").read_text() == "good"
+    assert orphan.exists()  # a reader never deletes
+    ArtifactStore(root)
+    assert _snapshot(root) == before
+    assert store.stage_info("embed")["version"] == version
+
+
+def test_a_commit_killed_before_its_link_swap_is_repointed_by_the_next_writer(tmp_path):
+    root = tmp_path / "run"
+    store = ArtifactStore(root, retain_s=3600)
+    old = _commit(store, "embed", "old")
+    new = _commit(store, "embed", "new")
+    # The manifest names the new version; the link still points at the old one, and a half-made new link
+    # (made, never renamed over the old) lies beside it.
+    (root / "embed").unlink()
+    (root / "embed").symlink_to(f"embed@{old}")
+    (root / ".tmp-embed-link-1a2b3c4d").symlink_to(f"embed@{new}")
+    # A reader follows the manifest, not the link.
+    assert (ArtifactStore(root, mode="r").stage_path("embed") / "payload.txt").read_text() == "new"
+    ArtifactStore(root)
+    assert os.readlink(root / "embed") == f"embed@{new}"
+    assert _temp_entries(root) == []
+    assert _stage_dirs(root) == sorted([f"embed@{old}", f"embed@{new}"])  # the old one within its grace
+
+
+def test_a_replaced_version_stays_for_the_retention_time_after_it_was_replaced(tmp_path):
+    root = tmp_path / "run"
+    store = ArtifactStore(root, retain_s=3600)
+    v1, v2, v3 = (_commit(store, "embed", p) for p in ("one", "two", "three"))
+    assert _stage_dirs(root) == sorted(f"embed@{v}" for v in (v1, v2, v3))
+    # v1 was replaced two hours ago (when v2 was committed); v2 only now, by v3.
+    now = time.time()
+    for v, age in ((v1, 7300), (v2, 7200)):
+        os.utime(root / f"embed@{v}" / ".version", (now - age, now - age))
+    ArtifactStore(root, retain_s=3600)
+    assert _stage_dirs(root) == sorted(f"embed@{v}" for v in (v2, v3))
+    ArtifactStore(root, retain_s=0)
+    assert _stage_dirs(root) == [f"embed@{v3}"]
+    assert (store.stage_path("embed") / "payload.txt").read_text() == "three"
+
+
+def test_a_reader_reads_the_manifest_it_opened_until_that_version_is_dropped(tmp_path):
+    root = tmp_path / "run"
+    writer = ArtifactStore(root, retain_s=3600)
+    v1 = _commit(writer, "embed", "one")
+    _commit(writer, "cf", "cf-one")
+    reader = ArtifactStore(root, mode="r")
+    v2 = _commit(writer, "embed", "two")
+    # Opened before the commit: the whole run as it stood then, stage info and files alike.
+    assert reader.stage_info("embed")["version"] == v1
+    assert (reader.stage_path("embed") / "payload.txt").read_text() == "one"
+    assert ArtifactStore(root, mode="r").stage_info("embed")["version"] == v2
+    # Once v1 is dropped, the early reader is told so, not handed v2 under v1's name.
+    ArtifactStore(root, retain_s=0)
+    with pytest.raises(ArtifactError, match=f"version {v1} .*was replaced by version {v2}") as e:
+        reader.stage_path("embed")
+    assert "open the store again" in e.value.hint
+    assert (reader.stage_path("cf") / "payload.txt").read_text() == "cf-one"
+    assert (ArtifactStore(root, mode="r").stage_path("embed") / "payload.txt").read_text() == "two"
+
+
+def test_a_run_of_the_earlier_layout_is_read_then_moved_to_versioned_folders_by_its_next_commit(tmp_path):
+    root = tmp_path / "run"
+    old = _legacy_run(root, "good")
+    assert (ArtifactStore(root, mode="r").stage_path("embed") / "payload.txt").read_text() == "good"
+    store = ArtifactStore(root, retain_s=3600)
+    assert store.stage_path("embed") == root.resolve() / "embed"  # opening moves nothing
+    new = _commit(store, "embed", "next")
+    assert os.readlink(root / "embed") == f"embed@{new}"
+    assert _stage_dirs(root) == sorted([f"embed@{old}", f"embed@{new}"])  # the old one, for its readers
+    assert (root / f"embed@{old}" / "payload.txt").read_text() == "good"
+    assert (store.stage_path("embed") / "payload.txt").read_text() == "next"
+
+
+def test_a_copy_that_followed_the_links_is_tidied_by_its_first_writer(tmp_path):
+    src = tmp_path / "run"
+    version = _commit(ArtifactStore(src), "embed", "good", fingerprint="fp")
+    dest = tmp_path / "copy"
+    shutil.copytree(src, dest)  # symlinks=False: embed/ is copied as a second, real folder
+    assert not (dest / "embed").is_symlink()
+    assert (ArtifactStore(dest, mode="r").stage_path("embed") / "payload.txt").read_text() == "good"
+    store = ArtifactStore(dest)
+    assert os.readlink(dest / "embed") == f"embed@{version}"
+    assert _stage_dirs(dest) == [f"embed@{version}"] and _temp_entries(dest) == []
+    assert store.is_current("embed", "fp")
+
+
+def test_the_lock_names_its_holder_only_while_held_and_a_second_writer_gives_up_naming_it(tmp_path):
+    root = tmp_path / "run"
+    store = ArtifactStore(root)
+    v1 = _commit(store, "embed", "good")
+    lock = root / ".lock"
+    other = ArtifactStore(root, lock_timeout_s=0.2)
+    with store.locked():
+        assert lock.read_text() == f"{socket.gethostname()}:{os.getpid()}"
+        # Each open file of .lock is its own flock, so a second store in this process waits too.
+        with pytest.raises(ArtifactError) as e, other.writing("embed") as w:
+            (w / "payload.txt").write_text("refused")
+        assert str(lock) in str(e.value) and f"pid {os.getpid()}" in str(e.value)
+        with pytest.raises(ArtifactError, match=r"\.lock is held by"):
+            other.update_manifest(note="x")
+    assert lock.read_text() == ""
+    assert _temp_entries(root) == [] and _stage_dirs(root) == [f"embed@{v1}"]
+    assert (store.stage_path("embed") / "payload.txt").read_text() == "good"
+    _commit(other, "embed", "after")  # free again
+
+
+def test_a_remote_writer_waits_for_a_live_lease_and_takes_an_expired_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTRAY_CACHE", str(tmp_path / "cache"))
+    store = ArtifactStore("mock:///runs/demo", lock_timeout_s=0.5)
+    v1 = _commit(store, "embed", "v1")
+    assert store.fs.get_file_info("runs/demo/.lease").type == pafs.FileType.NotFound  # given back
+
+    def lease(owner: str, expires_in: float) -> None:
+        with store.fs.open_output_stream("runs/demo/.lease") as f:
+            f.write(json.dumps({"owner": owner, "expires_at": time.time() + expires_in}).encode())
+
+    lease("otherhost:4242:abcd", 300)
+    with pytest.raises(ArtifactError, match=r"runs/demo/\.lease is held by otherhost:4242:abcd until") as e:
+        _commit(store, "embed", "v2")
+    assert "runs out by itself" in e.value.hint
+    uploads = store.fs.get_file_info(pafs.FileSelector("runs/demo/embed"))
+    assert [i.base_name for i in uploads] == [f"v-{v1}"]  # the refused upload is deleted
+    assert (store.stage_path("embed") / "payload.txt").read_text() == "v1"
+    lease("otherhost:4242:abcd", -1)  # its writer died: the lease ran out
+    _commit(store, "embed", "v2")
+    assert (store.stage_path("embed") / "payload.txt").read_text() == "v2"
+    assert store.fs.get_file_info("runs/demo/.lease").type == pafs.FileType.NotFound
