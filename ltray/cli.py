@@ -189,41 +189,23 @@ def fit(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
         text_template: TemplateOpt = None, artifacts: ArtOpt = None, address: AddressOpt = None,
         verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Train every stage on all the given interactions (no holdout)."""
-    from ltray.data.checks import load_checked
-
     cfg = _data_opts_config(config, set_, dataset, items, interactions, item_id_col, text_col, user_id_col,
                             ts_col, weight_col, text_template)
     uri = artifacts_uri(cfg, artifacts)
-    ds = load_checked(cfg, holdout=False)  # bad or too little input answers before Ray starts
-    from ltray.pipeline import fit as fit_pipeline
-
-    _ray_init(uri, address, verbose)
-    fit_pipeline(cfg, uri, holdout=False, log=_log, dataset=ds)
+    _stages_up_to("rank", cfg, uri, False, address, verbose)  # bad or too little input answers before Ray
     out.print(f"artifacts: {uri}")
 
 
-def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool, address: str | None, verbose: bool) -> dict:
+def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool, address: str | None, verbose: bool):
+    """`pipeline.fit` up to the stage `last`, the input read and checked before Ray starts (only the rank
+    stage needs the minimum sizes)."""
     from ltray.data.checks import load_checked
 
-    # Read and check before Ray starts; only the rank stage needs the minimum sizes.
     ds = load_checked(cfg, holdout, check_sizes=last == "rank")
-    from ltray import pipeline as p
-    from ltray.artifacts import ArtifactStore
+    from ltray.pipeline import fit as fit_pipeline
 
-    store = ArtifactStore(uri)
     _ray_init(uri, address, verbose)
-    bundle = p.stage_data(store, cfg, holdout, _log, dataset=ds)
-    parts = {"store": store, "bundle": bundle}
-    if last == "data":
-        return parts
-    parts["vectors"] = p.stage_embed(store, cfg, bundle, _log)
-    if last == "embed":
-        return parts
-    parts["models"] = p.stage_candidates(store, cfg, bundle, parts["vectors"], _log)
-    if last == "index":
-        return parts
-    parts["ranker"], parts["blend"] = p.stage_rank(store, cfg, bundle, parts["vectors"], _log)
-    return parts
+    return fit_pipeline(cfg, uri, holdout, _log, ds, until=last)
 
 
 @app.command()
@@ -273,14 +255,14 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = N
         raise ConfigError("--export-encoder needs a trained text tower: add --set rank.text_tower=lora "
                           "(or top_layers)")
     uri = artifacts_uri(cfg, artifacts)
-    parts = _stages_up_to("rank", cfg, uri, holdout, address, verbose)
-    out.print(f"ranker: {uri}/rank (tail_share {parts['blend']['tail_share']:.2f})")
+    run = _stages_up_to("rank", cfg, uri, holdout, address, verbose)
+    out.print(f"ranker: {uri}/rank (tail_share {run.blend['tail_share']:.2f})")
     if export_encoder is not None:
         import shutil
 
         from ltray.rank.train import TEXT_ENCODER_DIR
 
-        src = parts["store"].stage_path("rank") / TEXT_ENCODER_DIR
+        src = run.store.stage_path("rank") / TEXT_ENCODER_DIR
         if not (src / "config.json").is_file():
             raise FileNotFoundError(f"{src} holds no exported encoder: the rank stage trained no text tower")
         shutil.copytree(src, export_encoder, dirs_exist_ok=True)
@@ -297,8 +279,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt 
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
     uri = artifacts_uri(cfg, artifacts)
-    parts = _stages_up_to("rank", cfg, uri, True, address, verbose)
-    report = stage_eval(parts, cfg, _log)
+    report = stage_eval(_stages_up_to("rank", cfg, uri, True, address, verbose), cfg, _log)
     out.print(f"report: {report}")
 
 

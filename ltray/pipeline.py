@@ -43,6 +43,21 @@ class Bundle:
         return self.items["item_id"].to_numpy().astype(str)
 
 
+@dataclass
+class FittedRun:
+    """What `fit` hands on: the store and every part fitted so far (None for stages not reached)."""
+
+    store: ArtifactStore
+    bundle: Bundle
+    vectors: np.ndarray | None = None
+    models: CandidateModels | None = None
+    ranker: Any = None  # ltray.rank.ranker.Ranker (imported lazily: it pulls in torch)
+    blend: dict[str, Any] = field(default_factory=dict)  # the operating point chosen on validation
+
+
+FIT_STAGES = ("data", "embed", "index", "rank")  # where `fit` may stop (index: cf + index)
+
+
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
@@ -202,16 +217,22 @@ def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None =
 
 
 def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print,
-        dataset: Dataset | None = None) -> dict[str, Any]:
-    """Every stage on the given interactions (no holdout unless asked); `dataset` as for `stage_data`."""
+        dataset: Dataset | None = None, until: str = "rank") -> FittedRun:
+    """The stages up to `until` (one of FIT_STAGES) on the given interactions (no holdout unless asked);
+    `dataset` as for `stage_data`."""
+    if until not in FIT_STAGES:
+        raise ValueError(f"until must be one of {', '.join(FIT_STAGES)}, not {until!r}")
     store = ArtifactStore(artifacts)
-    bundle = stage_data(store, cfg, holdout, log, dataset)
-    vectors = stage_embed(store, cfg, bundle, log)
-    models = stage_candidates(store, cfg, bundle, vectors, log)
-    ranker, blend_choice = stage_rank(store, cfg, bundle, vectors, log)
-    store.update_manifest(timings=bundle.timings)
-    return {"store": store, "bundle": bundle, "vectors": vectors, "models": models, "ranker": ranker,
-            "blend": blend_choice}
+    run = FittedRun(store, stage_data(store, cfg, holdout, log, dataset))
+    reach = FIT_STAGES[: FIT_STAGES.index(until) + 1]
+    if "embed" in reach:
+        run.vectors = stage_embed(store, cfg, run.bundle, log)
+    if "index" in reach:
+        run.models = stage_candidates(store, cfg, run.bundle, run.vectors, log)
+    if "rank" in reach:
+        run.ranker, run.blend = stage_rank(store, cfg, run.bundle, run.vectors, log)
+    store.update_manifest(timings=run.bundle.timings)
+    return run
 
 
 # -- stages from the store, for a job's workers -------------------------------------------------------
@@ -246,7 +267,7 @@ def eval_fingerprint(store: ArtifactStore, cfg: Config) -> str:
                            "cfg": cfg.fingerprint("eval", "blend")})
 
 
-def evaluate_if_changed(parts: dict[str, Any], cfg: Config, log: Log = _print) -> Path:
+def evaluate_if_changed(run: FittedRun, cfg: Config, log: Log = _print) -> Path:
     """The eval stage, skipped when the committed inputs and the eval config are unchanged.
 
     ``stage_eval`` always re-evaluates; this records a fingerprint of the stage versions it read in
@@ -254,12 +275,12 @@ def evaluate_if_changed(parts: dict[str, Any], cfg: Config, log: Log = _print) -
     """
     from ltray.eval.stage import stage_eval
 
-    store: ArtifactStore = parts["store"]
+    store = run.store
     fp = eval_fingerprint(store, cfg)
     if store.is_current("eval", fp):
         log("eval: unchanged, skipped")
         return store.stage_path("eval") / "report.html"
-    report = stage_eval(parts, cfg, log)
+    report = stage_eval(run, cfg, log)
     entry = dict(store.stage_info("eval") or {})
     entry["fingerprint"] = fp
     store.update_manifest(stages={"eval": entry})
@@ -282,19 +303,19 @@ def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+i
     bundle = load_bundle(store)
     vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
     out: dict[str, Any] = {"pid": os.getpid()}
-    parts: dict[str, Any] = {"store": store, "bundle": bundle, "vectors": vectors}
+    run = FittedRun(store, bundle, vectors)
     if "cf+index" in stages or evaluate:
-        models = parts["models"] = stage_candidates(store, cfg, bundle, vectors, log)
+        models = run.models = stage_candidates(store, cfg, bundle, vectors, log)
         out["tail_index"] = {"factory": models.tail_index.factory, "ntotal": models.tail_index.ntotal}
         out["full_index"] = {"factory": models.full_index.factory, "ntotal": models.full_index.ntotal}
     if "rank" in stages or evaluate:
-        parts["ranker"], parts["blend"] = stage_rank(store, cfg, bundle, vectors, log)
-        out["tail_share"] = parts["blend"].get("tail_share")
+        run.ranker, run.blend = stage_rank(store, cfg, bundle, vectors, log)
+        out["tail_share"] = run.blend.get("tail_share")
     store.update_manifest(timings=bundle.timings)
     if evaluate:
         if bundle.test is None:
             raise ValueError("evaluation needs the time split; drop --no-holdout")
-        out["report"] = str(evaluate_if_changed(parts, cfg, log))
+        out["report"] = str(evaluate_if_changed(run, cfg, log))
         out["metrics"] = store.manifest().get("metrics", {}).get("ltray", {})
     return out
 
@@ -303,6 +324,4 @@ def run(cfg: Config, artifacts: str, log: Log = _print, dataset: Dataset | None 
     """Split -> fit on train -> evaluate on test -> report. Returns the report path."""
     from ltray.eval.stage import stage_eval
 
-    parts = fit(cfg, artifacts, holdout=True, log=log, dataset=dataset)
-    report = stage_eval(parts, cfg, log)
-    return report
+    return stage_eval(fit(cfg, artifacts, holdout=True, log=log, dataset=dataset), cfg, log)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from ltray.data import temporal_holdout
 from ltray.data.segments import LABELS
 from ltray.eval.metrics import decile_exposure, evaluate, lorenz_curve
 from ltray.validation import grid_points
+
+if TYPE_CHECKING:  # the type only: the pipeline calls this stage, not the other way
+    from ltray.pipeline import FittedRun
 
 K_MAX = 20
 
@@ -156,7 +159,7 @@ def _ts_matrix(df, upos, item_rows, n_items) -> sp.csr_matrix:
     return m
 
 
-def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
+def stage_eval(run: FittedRun, cfg: Config, log) -> Any:
     from ltray.cf.tune import describe_choice
     from ltray.eval.report import write_report
     from ltray.eval.verdict import sentence, verdict
@@ -164,8 +167,8 @@ def stage_eval(parts: dict[str, Any], cfg: Config, log) -> Any:
     from ltray.text_mining import item_keywords
 
     t0 = time.perf_counter()
-    store, bundle, models, ranker = parts["store"], parts["bundle"], parts["models"], parts["ranker"]
-    vectors, blend_choice = parts["vectors"], parts["blend"]
+    store, bundle, models, ranker = run.store, run.bundle, run.models, run.ranker
+    vectors, blend_choice = run.vectors, run.blend
     items = bundle.items
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
     rec = Recommender(models, ranker, cfg, tail_share=blend_choice["tail_share"],
