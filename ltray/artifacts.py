@@ -412,6 +412,13 @@ class ArtifactStore:
             self._prune_cache(stage, version)
         return local
 
+    def shown_path(self, stage: str) -> Path:
+        """Where a person finds the committed stage: the ``<stage>`` link of a local run (a stable name
+        that follows each commit), else the local copy `stage_path` gives. Programs read `stage_path`."""
+        folder = self.stage_path(stage)
+        link = self.root / stage
+        return link if self.fs is None and link.resolve() == folder.resolve() else folder
+
     def _raise_missing(self, stage: str, info: dict[str, Any] | None) -> NoReturn:
         now = None
         if info is not None and self._pinned is not None:

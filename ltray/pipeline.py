@@ -279,7 +279,7 @@ def evaluate_if_changed(run: FittedRun, cfg: Config, log: Log = _print) -> Path:
     fp = eval_fingerprint(store, cfg)
     if store.is_current("eval", fp):
         log("eval: unchanged, skipped")
-        return store.stage_path("eval") / "report.html"
+        return store.shown_path("eval") / "report.html"
     report = stage_eval(run, cfg, log)
     entry = dict(store.stage_info("eval") or {})
     entry["fingerprint"] = fp

@@ -460,3 +460,15 @@ def test_a_remote_writer_waits_for_a_live_lease_and_takes_an_expired_one(tmp_pat
     _commit(store, "embed", "v2")
     assert (store.stage_path("embed") / "payload.txt").read_text() == "v2"
     assert store.fs.get_file_info("runs/demo/.lease").type == pafs.FileType.NotFound
+
+
+def test_shown_path_is_the_stable_link_of_a_local_run(tmp_path):
+    store = ArtifactStore(tmp_path / "run")
+    with store.writing("eval") as w:
+        (w.path / "report.html").write_text("one")
+    first = store.shown_path("eval")
+    assert first == store.root / "eval" and (first / "report.html").read_text() == "one"
+    assert store.stage_path("eval") != first  # programs read the versioned folder
+    with store.writing("eval") as w:
+        (w.path / "report.html").write_text("two")
+    assert store.shown_path("eval") == first and (first / "report.html").read_text() == "two"

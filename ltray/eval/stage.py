@@ -231,7 +231,7 @@ def stage_eval(run: FittedRun, cfg: Config, log) -> Any:
         w.info.update(ltray={k: v for k, v in table["ltray"].items() if "@20" in k})
     store.update_manifest(metrics={k: {m: v for m, v in t.items() if "@20" in m} for k, t in table.items()},
                           timings=timings)
-    report = store.stage_path("eval") / "report.html"
+    report = store.shown_path("eval") / "report.html"
     log(f"eval: Recall@20 {table['ltray']['Recall@20']:.4f}, TailRecall@20 {table['ltray']['TailRecall@20']:.4f}, "
         f"ColdRecall@20 {table['ltray']['ColdRecall@20']:.4f}, Coverage@20 {table['ltray']['Coverage@20']:.3f}")
     return report
