@@ -190,7 +190,7 @@ def test_balanced_objective_keeps_both_kinds_of_long_tail():
     assert long_tail_value(curve[0], "balanced") == 0.0 and long_tail_value(curve[0], "sum") == pytest.approx(0.04)
 
 
-def test_balanced_objective_falls_back_to_the_sum_when_no_point_hits_both_kinds():
+def test_balanced_objective_falls_back_to_the_sum_only_when_one_kind_is_never_hit():
     # No tail item is found at any point (a tail nothing predicts): cold slots must still count.
     curve = [
         {"tail_share": 0.0, "cold_share": 0.0, "Recall@20": 0.100, "TailRecall@20": 0.0, "ColdRecall@20": 0.0},
@@ -202,9 +202,11 @@ def test_balanced_objective_falls_back_to_the_sum_when_no_point_hits_both_kinds(
     # and the same the other way round: tail hits, no cold hit anywhere
     flipped = [{**c, "TailRecall@20": c["ColdRecall@20"], "ColdRecall@20": 0.0} for c in curve]
     assert choose_tail_share(flipped, cf_recall=0.1, max_loss=0.02)["cold_share"] == 0.1
-    # both kinds are hit, but never at one point: the sum picks the larger one
+    # both kinds are hit, but never at one point: no slot serves both, so none is spent
     apart = [curve[0], curve[1], {**curve[2], "TailRecall@20": 0.010}]
-    assert choose_tail_share(apart, cf_recall=0.1, max_loss=0.02)["cold_share"] == 0.1
+    chosen = choose_tail_share(apart, cf_recall=0.1, max_loss=0.02)
+    assert (chosen["tail_share"], chosen["cold_share"]) == (0.0, 0.0)
+    assert choose_tail_share(apart, cf_recall=0.1, max_loss=0.02, objective="sum")["cold_share"] == 0.1
     assert choose_tail_share([*apart, {**curve[1], "TailRecall@20": 0.001, "Recall@20": 0.0985}],
                              cf_recall=0.1, max_loss=0.02)["TailRecall@20"] == 0.001  # both: balanced again
 
