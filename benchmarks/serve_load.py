@@ -171,7 +171,7 @@ def measure(name: str, app, url: str, bodies_file: Path, levels: list[int], warm
 def in_process(artifacts: str, bodies: list[dict]) -> dict:
     """`Recommender.recommend` (a DataFrame out) and the columns path Serve's stages run, one caller."""
     from deployments.stages import limit_threads
-    from ltray.pipeline import load_recommender
+    from ltray.recommend import load_recommender
 
     limit_threads(1)  # as in each Serve replica: one thread per pool
     rec = load_recommender(artifacts)

@@ -189,7 +189,7 @@ class RankStage:
     """
 
     def __init__(self, art: Artifacts):
-        from ltray.pipeline import load_recommender
+        from ltray.recommend import load_recommender
 
         self.cfg = art.cfg
         self.version = art.version

@@ -298,7 +298,7 @@ def recommend(
     ids = _read_user_ids(users)
     import pandas as pd
 
-    from ltray.pipeline import load_recommender
+    from ltray.recommend import load_recommender
     from ltray.threads import single_threaded
 
     rec = load_recommender(store)

@@ -24,6 +24,7 @@ from ltray.config import Config
 from ltray.data import Dataset, temporal_holdout
 from ltray.data.checks import load_checked
 from ltray.data.segments import Segment, segment_code_array
+from ltray.recommend import load_recommender  # noqa: F401  (transitional: its home is ltray.recommend)
 
 Log = Any  # a callable(str) -> None; rich console print in the CLI
 
@@ -186,34 +187,6 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     path = store.stage_path("rank")
     bundle.timings["rank"] = time.perf_counter() - t0
     return Ranker.load(path), json.loads((path / "blend.json").read_text())
-
-
-def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None = None, faiss_indexes: bool = True):
-    """The Recommender a run folder describes (what Serve and `ltray recommend` use).
-
-    `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
-    from ltray.embed.stage import load_embeddings
-    from ltray.rank.ranker import Ranker
-    from ltray.recommend import Explainer, Recommender
-    from ltray.text_mining import item_keywords
-
-    # A reader: never creates or recovers the store; a missing run is one ArtifactError naming it.
-    store = artifacts if isinstance(artifacts, ArtifactStore) else ArtifactStore(str(artifacts), mode="r")
-    cfg = cfg or Config.model_validate(store.manifest().get("config", {}))
-    items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
-    item_ids = items["item_id"].to_numpy().astype(str)
-    vectors = load_embeddings(store.stage_path("embed"), item_ids)
-    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors,
-                                  faiss_indexes=faiss_indexes)
-    ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
-    blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
-    titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
-    explainer = Explainer(titles, item_keywords(items["text"].tolist()))
-    rec = Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"), explainer=explainer,
-                      ranker_weight=blend.get("ranker_weight"), cold_share=blend.get("cold_share"),
-                      quota_by=blend.get("quota_by"))
-    rec.version = store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
-    return rec
 
 
 def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print,

@@ -7,12 +7,16 @@ Serve, so offline numbers describe the service.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from ltray.artifacts import ArtifactStore
 from ltray.blend import BlendSetting, Ranking, blend_positions, pick, quota_slots, rank_for_blend
 from ltray.candidates import CandidateGenerator, CandidateModels, Columns
 from ltray.config import Config
@@ -90,7 +94,9 @@ class Recommender:
 
     def __init__(self, models: CandidateModels, ranker: Ranker | None, cfg: Config,
                  tail_share: float | None = None, explainer: Explainer | None = None,
-                 ranker_weight: float | None = None, cold_share: float | None = None, quota_by: str | None = None):
+                 ranker_weight: float | None = None, cold_share: float | None = None, quota_by: str | None = None,
+                 version: str = "unversioned"):
+        self.version = version  # the artifacts version it answers with (the rank stage's)
         self.models = models
         self.generator = CandidateGenerator(models, cfg)
         self.ranker = ranker
@@ -246,6 +252,33 @@ class Recommender:
                 out[st][r, : len(rows)] = rows
 
 
+def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None = None, faiss_indexes: bool = True
+                     ) -> Recommender:
+    """The Recommender a run folder describes (what Serve, `ltray recommend` and evaluation read back).
+
+    `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
+    from ltray.embed.stage import load_embeddings
+    from ltray.rank.ranker import Ranker
+    from ltray.text_mining import item_keywords
+
+    # A reader: never creates or recovers the store; a missing run is one ArtifactError naming it.
+    store = artifacts if isinstance(artifacts, ArtifactStore) else ArtifactStore(str(artifacts), mode="r")
+    cfg = cfg or Config.model_validate(store.manifest().get("config", {}))
+    items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
+    item_ids = items["item_id"].to_numpy().astype(str)
+    vectors = load_embeddings(store.stage_path("embed"), item_ids)
+    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors,
+                                  faiss_indexes=faiss_indexes)
+    ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
+    blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
+    titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
+    return Recommender(models, ranker, cfg, tail_share=blend.get("tail_share"),
+                       explainer=Explainer(titles, item_keywords(items["text"].tolist())),
+                       ranker_weight=blend.get("ranker_weight"), cold_share=blend.get("cold_share"),
+                       quota_by=blend.get("quota_by"),
+                       version=store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned"))
+
+
 def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:
     """cf_z + w * logit; w = 0 keeps ALS's order, a large w is the ranker alone."""
     if logit is None:
@@ -261,4 +294,4 @@ def _source_order(cands: Cands) -> np.ndarray:
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 
-__all__ = ["Explainer", "Recommender", "feature_context"]
+__all__ = ["Explainer", "Recommender", "feature_context", "load_recommender"]

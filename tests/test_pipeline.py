@@ -103,7 +103,7 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
     user's own request gives, across a chunk boundary and for a user the model does not know."""
     import numpy as np
 
-    from ltray.pipeline import load_recommender
+    from ltray.recommend import load_recommender
 
     _, art, _, _ = synthetic_run
     rec = load_recommender(art)
