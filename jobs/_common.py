@@ -115,7 +115,9 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # submitted: connect to the cluster the job runs on
     else:
-        ray.init(include_dashboard=False)
+        from ltray.raysession import start_or_join
+
+        start_or_join(None, include_dashboard=False)  # a `ray start` here, else a private one
 
 
 class ScaleError(RuntimeError):

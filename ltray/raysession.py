@@ -3,6 +3,10 @@
 By default Ray's Python loggers, Ray Data's progress dumps and the C++ core worker's lines (written straight
 to file descriptor 2) go to a log file in the run folder; Python's ``sys.stderr`` keeps the terminal, so
 ltray's lines, warnings and tracebacks stay visible. ``verbose`` leaves everything as Ray sets it up.
+
+A Ray that ltray starts here (``start_private``; ``start_or_join`` when there is nothing to join) is private to
+this process: it listens on loopback only, and a watchdog (ltray._raywatch) ends its processes once this
+process has ended, however it ended.
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ LOG_NAME = "logs/ray.log"  # inside the run folder
 # Ray's loggers that print to the terminal themselves (propagate=False); the rest propagate to "ray".
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 _current_log: Path | None = None  # for the CLI's error hint
+
+# The watchdog of a private Ray: how often it re-reads the process table for new Ray processes (about 20 ms
+# of CPU each on a busy 2-core machine; the processes started with Ray are recorded as soon as it is up),
+# and how long a leftover Ray process gets between SIGTERM and SIGKILL (as Ray's own reaper: the agents
+# left after a SIGKILLed driver are blocked on the dead GCS and have not ended on SIGTERM in 2 s anyway).
+WATCH_POLL_S = 5.0
+WATCH_GRACE_S = 1.0
+_watchdog: subprocess.Popen | None = None  # one per process, kept until it ends
+
+logger = logging.getLogger(__name__)
 
 
 class ClusterError(RuntimeError):
@@ -61,7 +75,8 @@ def ray_session(address: str | None, log_file: Path | None, verbose: bool,
         if not ray.is_initialized():
             # log_to_driver=False: workers' prints stay in Ray's session logs (as before this change).
             try:
-                ctx = ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                ctx = start_or_join(address, watch_log=log_file if quiet else None, log_to_driver=False,
+                                    include_dashboard=False)
             except Exception as e:  # a plain Exception (start-up timeout), ConnectionError, ValueError...
                 verb = {None: "start or join", "local": "start"}.get(address, "join")
                 raise ClusterError(f"could not {verb} a Ray cluster ({type(e).__name__}: {first_line(e)})",
@@ -70,6 +85,101 @@ def ray_session(address: str | None, log_file: Path | None, verbose: bool,
         if quiet:
             stack.enter_context(_quiet_ray_data())
         yield
+
+
+def starts_private(address: str | None) -> bool:
+    """Whether ray.init(address) would start a Ray in this process rather than join one: 'local', or no
+    address while neither RAY_ADDRESS nor a `ray start` on this machine names a cluster."""
+    if address == "local":
+        return True
+    if address is not None:
+        return False
+    from ray._private.services import canonicalize_bootstrap_address  # ray.init's own lookup
+
+    return canonicalize_bootstrap_address(None) is None
+
+
+def start_or_join(address: str | None = None, watch_log: Path | None = None, **init_kwargs):
+    """ray.init(address, **init_kwargs), except that a Ray it would start is a private one (start_private)."""
+    import ray
+
+    if starts_private(address):
+        return start_private(watch_log=watch_log, **init_kwargs)
+    return ray.init(address=address, **init_kwargs)
+
+
+def start_private(watch_log: Path | None = None, **init_kwargs):
+    """Start a Ray for this process only: ray.init(address="local", **init_kwargs) on the loopback address,
+    and ended with this process.
+
+    Loopback: Ray takes the address of the default route as the node's on Linux, and its GCS, raylet, workers
+    and agents (the metrics export port included) then listen on it or on every address; with 127.0.0.1 they
+    listen on loopback only (Ray's own default on macOS and Windows).
+    Ended with this process: Ray ends the processes it starts directly when the driver dies, not the agents
+    the raylet starts; the watchdog ends them all (watch_log: where it says what it stopped)."""
+    import ray
+
+    _start_watchdog(watch_log)
+    with _loopback_node():
+        ctx = ray.init(address="local", **init_kwargs)
+    node = ray._private.worker._global_node
+    _tell_watchdog(f"session {node.get_session_dir_path()}")
+    if not _is_loopback(node.node_ip_address):  # a Ray upgrade may drop the switch _loopback_node sets
+        logger.warning("the private Ray listens on %s, not on loopback only", node.node_ip_address)
+    return ctx
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Ray's node address is 127.0.0.1 while this is entered: the switch ray._private.services
+    .get_node_ip_address reads (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read once at import; an explicit
+    _node_ip_address="127.0.0.1" is turned back into the default route's address)."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _start_watchdog(log: Path | None) -> None:
+    global _watchdog
+    if _watchdog is not None and _watchdog.poll() is None:
+        return
+    if not sys.platform.startswith("linux"):  # it reads /proc
+        logger.debug("no watchdog for the private Ray on %s", sys.platform)
+        return
+    cmd = [sys.executable, "-m", "ltray._raywatch", "--parent", str(os.getpid()),
+           "--poll-s", str(WATCH_POLL_S), "--grace-s", str(WATCH_GRACE_S)]
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--log", str(log)]
+    # Its own session: a Ctrl-C or hang-up of the terminal, or a kill of this process group, leaves it to
+    # clean up. Its stdin is a pipe only this process writes to: EOF says this process has ended.
+    _watchdog = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL if log is not None else None,
+                                 start_new_session=True, close_fds=True)
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog is None or _watchdog.poll() is not None:
+        return
+    try:
+        _watchdog.stdin.write(line.encode() + b"\n")
+        _watchdog.stdin.flush()
+    except OSError as e:
+        logger.warning("the Ray watchdog is gone (%s): a SIGKILL of this process may leave Ray's agents", e)
 
 
 def _joined_or_started(ctx, address: str | None, log_file: Path | None) -> str:

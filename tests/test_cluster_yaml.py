@@ -182,3 +182,17 @@ def test_documented_job_options_fit(cluster, documented_job):
     assert any(n["resources"]["CPU"] >= stage_cpus for n in _workers(cluster).values())
     assert "--working-dir" in opts and "--runtime-env-json" in opts
     assert math.isfinite(float(opts["--stage-memory-gb"]))
+
+
+def test_the_exposure_note_names_the_ports_the_head_opens(cluster):
+    """cluster.yaml's header says what a running cluster listens on and how it is protected; the GCS port it
+    names is the one the head starts with, and the dashboard's bind address matches what it says."""
+    note = CLUSTER.read_text().split("What a running cluster listens on", 1)[1].split("\n\n", 1)[0]
+    head = " ".join(cluster["head_start_ray_commands"])
+    gcs_port = re.search(r"--port=(\d+)", head).group(1)
+    assert re.search(rf"head\s+{gcs_port}\s+GCS", note), note
+    for port, what in (("8265", "dashboard"), ("10001", "Ray Client"), ("8000", "Serve")):
+        assert any(port in line and what in line for line in note.splitlines()), (port, what)
+    assert "metrics export port" in note and "security group" in note and "Token auth" in note
+    dash_host = re.search(r"--dashboard-host=(\S+)", head).group(1)
+    assert f"--dashboard-host={dash_host}" in note
