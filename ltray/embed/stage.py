@@ -647,7 +647,9 @@ def run_embed(store, items: pd.DataFrame | str | Path, cfg: Config) -> dict[str,
         if store.is_current(STAGE, fp):
             return {"skipped": True, "fingerprint": fp}
     if not ray.is_initialized():
-        ray.init()
+        from ltray.raysession import start_or_join
+
+        start_or_join()  # called outside the CLI: join the machine's cluster, else a private one
     if not isinstance(items, pd.DataFrame):
         fp = fingerprint_of_file(items, cfg.embed)
         if store.is_current(STAGE, fp):

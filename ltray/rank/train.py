@@ -511,7 +511,9 @@ def train_ctr(train_df: pd.DataFrame, val_df: pd.DataFrame, ctx: FeatureContext,
     if not storage and not in_process:
         raise TrainError("no storage_path for Ray Train: pass one or set rank.storage_path")
     if not in_process and not ray.is_initialized():
-        ray.init()
+        from ltray.raysession import start_or_join
+
+        start_or_join()  # called outside the CLI: join the machine's cluster, else a private one
     if not builder.fitted:
         builder.fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=train_df)
     run_name = cfg.run_name or f"ctr-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
