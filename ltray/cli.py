@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ltray.config import DATA_OPTION, Config, ConfigError, artifacts_uri, build_config, load_config
+from ltray.errors import LtrayError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset.")
@@ -69,8 +70,7 @@ def _errors_as_lines(fn):
 
             if cluster_lost(e):  # checked first: Ray's ConnectionError is an OSError, some of its errors too
                 msg, hint = lost_cluster_message(e)
-            elif isinstance(e, (ConfigError, FileNotFoundError, ValueError)) or (  # DataError is a ValueError
-                    isinstance(e, RuntimeError) and _known_runtime_error(e)):
+            elif isinstance(e, (LtrayError, FileNotFoundError, ValueError)):
                 msg, hint = str(e), getattr(e, "hint", None) or "run again with --debug for the traceback"
             else:
                 raise
@@ -81,18 +81,6 @@ def _errors_as_lines(fn):
             _session.close()  # Ray's logs back where they were (the error line above is on the terminal)
 
     return wrapper
-
-
-def _known_runtime_error(e: RuntimeError) -> bool:
-    """ArtifactError, TrainError and ClusterError print as one line; other RuntimeErrors are bugs and keep
-    their traceback.
-
-    Each can only come from its module once it is loaded: looking them up rather than importing them
-    keeps an error fast (ltray.rank.train pulls in torch and Ray Train)."""
-    known = [getattr(sys.modules.get(m), name, None)
-             for m, name in (("ltray.artifacts", "ArtifactError"), ("ltray.rank.train", "TrainError"),
-                             ("ltray.raysession", "ClusterError"))]
-    return any(cls is not None and isinstance(e, cls) for cls in known)
 
 
 @data_app.command("inspect")

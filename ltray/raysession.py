@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ltray.errors import LtrayError
+
 LOG_NAME = "logs/ray.log"  # inside the run folder
 # Ray's loggers that print to the terminal themselves (propagate=False); the rest propagate to "ray".
 _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
@@ -35,12 +37,8 @@ _watchdog: subprocess.Popen | None = None  # one per process, kept until it ends
 logger = logging.getLogger(__name__)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(LtrayError, RuntimeError):
     """Ray could not start or join a cluster (the CLI prints it as one line with its hint)."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
 
 def current_log() -> Path | None:
