@@ -74,6 +74,47 @@ def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss:
     return max(ok, key=lambda c: (long_tail_value(c, objective, k), c[f"Recall@{k}"]))
 
 
+def blend_settings(cfg: Config) -> list[BlendSetting]:
+    """The operating points searched: every value the config leaves open (None) takes its eval grid."""
+    b, e = cfg.blend, cfg.eval
+    weights = (b.ranker_weight,) if b.ranker_weight is not None else e.ranker_weight_grid
+    shares = (b.tail_share,) if b.tail_share is not None else e.tail_share_grid
+    colds = (b.cold_share,) if b.cold_share is not None else e.cold_share_grid
+    quotas = (b.quota_by,) if b.quota_by is not None else e.quota_by_grid
+    return [BlendSetting(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds
+            for q in quotas if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
+
+
+def operating_curve(rec: Recommender, gen: CandidateGenerator, valid: pd.DataFrame, users: np.ndarray,
+                    cfg: Config) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """(every blend setting with its validation metrics and floor_se, CF-only's metrics) on `users`."""
+    models = rec.models
+    settings = blend_settings(cfg)
+    lists = rec.recommend_rows(users, TUNE_K, settings=settings)
+    held = held_out(valid, pd.Index(users), pd.Index(models.item_ids))
+    cf_lists = cf_only_rows(models, gen, users, TUNE_K)
+    cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+    cf_users = user_recall(cf_lists, held)
+    curve = []
+    for st in settings:
+        m = evaluate(lists[st], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+        curve.append({**st._asdict(), **{k: float(v) for k, v in m.items() if "@" in k},
+                      "floor_se": floor_gap_se(user_recall(lists[st], held), cf_users, cfg.eval.max_recall_loss)})
+    return curve, cf_metrics
+
+
+def blend_record(chosen: dict[str, Any], cf_metrics: dict[str, float], curve: list[dict[str, Any]],
+                 cfg: Config) -> dict[str, Any]:
+    """What the rank stage stores as blend.json: the chosen point, the rule, and the curve it came from."""
+    e = cfg.eval
+    rule = (f"most long-tail value ({e.long_tail_objective}: {_OBJECTIVES[e.long_tail_objective]}) with "
+            f"Recall@{TUNE_K} >= (1 - {e.max_recall_loss}) x CF-only"
+            + (f" + {e.recall_floor_z:g} paired standard errors" if e.recall_floor_z else ""))
+    return {**{k: chosen[k] for k in BlendSetting._fields}, "chosen_on": "validation", "rule": rule,
+            "validation": {k: v for k, v in chosen.items() if "@" in k},
+            "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
+
+
 def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path, log) -> dict[str, Any]:
     from ltray.rank.ranker import Ranker
     from ltray.rank.train import train_ctr
@@ -118,24 +159,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     def choose(ranker_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         """The operating point, scored on the tuning users with the ranker in `ranker_dir`."""
         rec = Recommender(models, Ranker.load(ranker_dir), cfg)
-        weights = (cfg.blend.ranker_weight,) if cfg.blend.ranker_weight is not None else cfg.eval.ranker_weight_grid
-        shares = (cfg.blend.tail_share,) if cfg.blend.tail_share is not None else cfg.eval.tail_share_grid
-        colds = (cfg.blend.cold_share,) if cfg.blend.cold_share is not None else cfg.eval.cold_share_grid
-        quotas = (cfg.blend.quota_by,) if cfg.blend.quota_by is not None else cfg.eval.quota_by_grid
-        settings = [BlendSetting(float(w), float(s), float(c), q) for w in weights for s in shares for c in colds
-                    for q in quotas if q == quotas[0] or s + c > 0]  # with no quota every spread is the same
-        lists = rec.recommend_rows(tune_users, TUNE_K, settings=settings)
-        held = held_out(valid, pd.Index(tune_users), pd.Index(models.item_ids))
-        cf_lists = cf_only_rows(models, gen, tune_users, TUNE_K)
-        cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-        cf_users = user_recall(cf_lists, held)
-        curve = []
-        for st in settings:
-            m = evaluate(lists[st], held, models.item_segment, models.item_pop, ks=(TUNE_K,))
-            curve.append({**st._asdict(),
-                          **{k: float(v) for k, v in m.items() if "@" in k},
-                          "floor_se": floor_gap_se(user_recall(lists[st], held), cf_users,
-                                                   cfg.eval.max_recall_loss)})
+        curve, cf_metrics = operating_curve(rec, gen, valid, tune_users, cfg)
         chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                    objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
         log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
@@ -162,12 +186,5 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     else:
         metrics = train(table, Path(out_dir), "ranker")
         chosen, cf_metrics, curve = choose(Path(out_dir))
-    blend = {"tail_share": chosen["tail_share"], "cold_share": chosen["cold_share"],
-             "ranker_weight": chosen["ranker_weight"], "quota_by": chosen["quota_by"], "chosen_on": "validation",
-             "rule": (f"most long-tail value ({cfg.eval.long_tail_objective}: "
-                      f"{_OBJECTIVES[cfg.eval.long_tail_objective]}) with Recall@{TUNE_K} >= "
-                      f"(1 - {cfg.eval.max_recall_loss}) x CF-only"
-                      + (f" + {cfg.eval.recall_floor_z:g} paired standard errors" if cfg.eval.recall_floor_z else "")),
-             "validation": {k: v for k, v in chosen.items() if "@" in k},
-             "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
+    blend = blend_record(chosen, cf_metrics, curve, cfg)
     return {"blend": blend, "metrics": {k: v for k, v in metrics.items() if k != "history"}}

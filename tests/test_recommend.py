@@ -235,3 +235,18 @@ def test_affinity_quotas_scale_with_the_users_history_and_stop_at_the_cap(small_
     assert rec.shares_for(user(0.125), quota_by="uniform") == (0.2, 0.1)
     assert rec.shares_for(None) == (0.2, 0.1)                            # nothing known of the user: uniform
     assert rec.shares_for(user(0.125), tail_share=0.4, cold_share=0.0) == pytest.approx((0.2, 0.0))
+
+
+def test_blend_settings_search_what_the_config_leaves_open():
+    from ltray.config import load_config
+    from ltray.tuning import blend_settings
+
+    cfg = load_config(overrides=["eval.ranker_weight_grid=[0, 1]", "eval.tail_share_grid=[0, 0.2]",
+                                 "eval.cold_share_grid=[0, 0.1]", "eval.quota_by_grid=[uniform, affinity]"])
+    settings = blend_settings(cfg)
+    # 2 weights x 4 share pairs x 2 spreads, less the no-quota point's second spread (the same list)
+    assert len(settings) == 2 * (4 * 2 - 1) and len(set(settings)) == len(settings)
+    assert all(st.quota_by == "uniform" for st in settings if st.tail_share + st.cold_share == 0)
+    fixed = blend_settings(cfg.model_copy(update={"blend": cfg.blend.model_copy(
+        update={"ranker_weight": 8.0, "tail_share": 0.1, "cold_share": 0.0, "quota_by": "uniform"})}))
+    assert fixed == [(8.0, 0.1, 0.0, "uniform")]
