@@ -423,13 +423,24 @@ class Ingress:
         return {"CFRecall": self.recall, "TailRetrieval": self.retrieval, "CTRRanker": self.ranker}
 
     async def _call(self, handle, method: str, *args):
-        """One stage call; a read, so it is retried when the replica died under it."""
+        """One stage call; a read, so it is retried when the replica died under it.
+
+        A retry waits at most serve.retry_wait_s: with no replica left Serve's router queues the call
+        until a replacement is up (seconds to load a stage), which clients saw as a hang; a 503 with
+        Retry-After tells them to come back instead.
+        """
         for attempt in range(self.cfg.stage_retries + 1):
+            call = getattr(handle, method).remote(*args)
             try:
-                return await getattr(handle, method).remote(*args)
+                if attempt == 0:
+                    return await call
+                return await asyncio.wait_for(call, timeout=self.cfg.retry_wait_s)
             except _REPLICA_GONE as e:
                 if attempt == self.cfg.stage_retries:
                     raise StageUnavailable(f"{method}: no live replica ({type(e).__name__})") from e
+            except TimeoutError as e:
+                call.cancel()  # out of the router's queue: nobody waits for its answer
+                raise StageUnavailable(f"{method}: no live replica within {self.cfg.retry_wait_s} s") from e
 
     async def _chain(self, req: RecommendRequest) -> dict[str, Any]:
         """CFRecall -> TailRetrieval -> CTRRanker, all on one artifacts version.
@@ -523,8 +534,12 @@ def _options(cfg: ServeConfig, num_gpus: float = 0.0) -> dict[str, Any]:
     return {
         "ray_actor_options": actor,
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+        # min capped at max: `serve.max_replicas=1` alone means one replica, not an invalid config
+        "autoscaling_config": {"min_replicas": min(cfg.min_replicas, cfg.max_replicas),
+                               "max_replicas": cfg.max_replicas,
                                "target_ongoing_requests": cfg.target_ongoing_requests},
+        "health_check_period_s": cfg.health_check_period_s,
+        "health_check_timeout_s": cfg.health_check_timeout_s,
         # A replica being replaced finishes what it holds: a request may wait out a version switch
         # (serve.version_switch_wait_s), and Serve's default 20 s grace killed such requests with a 500.
         "graceful_shutdown_timeout_s": cfg.version_switch_wait_s + cfg.ready_timeout_s,
