@@ -106,6 +106,17 @@ def evaluate(
     """
     item_segment = np.asarray(item_segment)
     item_pop = np.asarray(item_pop, dtype=np.float64)
+    recs, truth, list_of, ks = _checked(recs, test, item_segment, item_pop, ks, user_rows)
+    with_test = np.flatnonzero(np.diff(truth.indptr) > 0)
+    out: dict[str, float] = {"n_users": float(len(with_test)), "n_lists": float(len(recs))}
+    out.update(accuracy_metrics(recs[list_of[with_test]], truth, with_test, item_segment, ks))
+    out.update(list_metrics(recs, item_segment, item_pop, ks))
+    return out
+
+
+def _checked(recs, test, item_segment: np.ndarray, item_pop: np.ndarray, ks: Iterable[int],
+             user_rows: np.ndarray | None) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, list[int]]:
+    """(recs, test as CSR, the list position of every user row (-1: none), sorted ks), or ValueError."""
     n_items = len(item_segment)
     if len(item_pop) != n_items:
         raise ValueError(f"item_pop has {len(item_pop)} items, item_segment {n_items}")
@@ -119,53 +130,61 @@ def evaluate(
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1 or ks[-1] > width:
         raise ValueError(f"ks {ks} must lie in [1, {width}] (the width of recs)")
-
     n_users = int(max(user_rows.max(initial=-1) + 1, 0))
     if sp.issparse(test):
         n_users = max(n_users, test.shape[0])
     elif test:
         n_users = max(n_users, max(int(u) for u in test) + 1)
     truth = to_csr(test, n_users, n_items)
-    n_test = np.diff(truth.indptr)
-    with_test = np.flatnonzero(n_test > 0)
+    with_test = np.flatnonzero(np.diff(truth.indptr) > 0)
     list_of = np.full(n_users, -1, dtype=np.int64)
     list_of[user_rows] = np.arange(n_lists)
     missing = with_test[list_of[with_test] < 0]
     if len(missing):
         raise ValueError(f"{len(missing)} users with test items have no list (e.g. user row {missing[0]})")
+    return recs, truth, list_of, ks
 
-    # Hits of the evaluated users, by position: one sorted-key lookup for everything.
-    eval_recs = recs[list_of[with_test]]
-    valid = eval_recs >= 0
+
+def accuracy_metrics(lists: np.ndarray, truth: sp.csr_matrix, users: np.ndarray, item_segment: np.ndarray,
+                     ks: list[int]) -> dict[str, float]:
+    """Recall, NDCG, HitRate and per-segment recall at each k: lists[i] is user users[i]'s (every one of
+    them has test items in `truth`)."""
+    n_users, n_items = truth.shape
+    n_test = np.diff(truth.indptr)
+    valid = lists >= 0
+    # Hits by position: one sorted-key lookup for everything.
     entry_user = np.repeat(np.arange(n_users, dtype=np.int64), n_test)
     keys = truth.indices.astype(np.int64) + entry_user * n_items
-    rec_keys = with_test[:, None].astype(np.int64) * n_items + np.maximum(eval_recs, 0)
+    rec_keys = users[:, None].astype(np.int64) * n_items + np.maximum(lists, 0)
     hits = np.isin(rec_keys, keys) & valid
-    nt = n_test[with_test].astype(np.float64)
-    rec_seg = np.where(valid, item_segment[np.maximum(eval_recs, 0)], -1)
-    # Test items per (evaluated user, segment).
-    entry_seg = item_segment[truth.indices]
-    seg_counts = {
-        s: np.bincount(entry_user[entry_seg == s], minlength=n_users)[with_test].astype(np.float64)
-        for s in Segment
-    }
-    idcg = _ideal_dcg(width)
-    discount = 1.0 / np.log2(np.arange(2, width + 2))
-
-    all_valid = recs >= 0
-    out: dict[str, float] = {"n_users": float(len(with_test)), "n_lists": float(n_lists)}
+    nt = n_test[users].astype(np.float64)
+    rec_seg = np.where(valid, item_segment[np.maximum(lists, 0)], -1)
+    entry_seg = item_segment[truth.indices]  # test items per (user, segment)
+    seg_counts = {s: np.bincount(entry_user[entry_seg == s], minlength=n_users)[users].astype(np.float64)
+                  for s in Segment}
+    idcg = _ideal_dcg(lists.shape[1])
+    discount = 1.0 / np.log2(np.arange(2, lists.shape[1] + 2))
+    out: dict[str, float] = {}
     for k in ks:
         h = hits[:, :k]
         n_hit = h.sum(axis=1)
         out[f"Recall@{k}"] = _mean(n_hit / nt)
-        dcg = (h * discount[:k]).sum(axis=1)
-        out[f"NDCG@{k}"] = _mean(dcg / idcg[np.minimum(nt, k).astype(int)])
+        out[f"NDCG@{k}"] = _mean((h * discount[:k]).sum(axis=1) / idcg[np.minimum(nt, k).astype(int)])
         out[f"HitRate@{k}"] = _mean((n_hit > 0).astype(np.float64))
         for s in Segment:
             has = seg_counts[s] > 0
             seg_hit = (h & (rec_seg[:, :k] == s)).sum(axis=1)
             out[f"{s.name.title()}Recall@{k}"] = _mean(seg_hit[has] / seg_counts[s][has])
+    return out
 
+
+def list_metrics(recs: np.ndarray, item_segment: np.ndarray, item_pop: np.ndarray, ks: list[int]
+                 ) -> dict[str, float]:
+    """Coverage, APLT, Gini and AvgPop of every list at each k (no test items needed)."""
+    n_items = len(item_segment)
+    all_valid = recs >= 0
+    out: dict[str, float] = {}
+    for k in ks:
         r = recs[:, :k]
         v = all_valid[:, :k]
         counts = exposure_counts(recs, n_items, k)
