@@ -338,6 +338,63 @@ def _train_loop(config: dict[str, Any]) -> None:
     _fit_epochs(config, _RaySession())
 
 
+def _resume(model: CTRModel, opts: list, session: _RaySession | _LocalSession) -> dict[str, Any]:
+    """The loop's state: fresh, or the model, optimizers and counters of the session's last checkpoint."""
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
+                             "resumes": 0, "history": []}
+    ckpt = session.checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            d = Path(d)
+            resumed, _ = load_model(d / WEIGHTS_FILE)
+            model.load_state_dict(resumed.state_dict())
+            saved = json.loads((d / TRAIN_STATE_FILE).read_text())
+            _load_optimizers(opts, d / OPTIMIZER_FILE, saved.pop("optimizer"))
+            state = {**saved, "resumes": saved["resumes"] + 1}
+    return state
+
+
+def _train_epoch(ddp, opts: list, batches, tokens, device, state: dict[str, Any], before_step
+                 ) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+    """One pass over this worker's batches: (labels, predictions, samples, data seconds, compute seconds)."""
+    t_data = t_compute = 0.0
+    n_seen = 0
+    preds, labels = [], []
+    t0 = time.perf_counter()
+    for batch in batches:
+        t1 = time.perf_counter()
+        t_data += t1 - t0
+        before_step(state["step"])
+        logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"], *_tower_inputs(tokens, batch, device))
+        loss = bce_loss(logits, batch["label"])
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        state["step"] += 1
+        n_seen += len(logits)
+        preds.append(torch.sigmoid(logits.detach()).cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+        t0 = time.perf_counter()
+        t_compute += t0 - t1
+    return np.concatenate(labels), np.concatenate(preds), n_seen, t_data, t_compute
+
+
+def _validate(model: CTRModel, val_uri: str, tokens, device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predictions) over the whole validation set."""
+    vp, vl = [], []
+    with torch.inference_mode():
+        for feats in _iter_parquet(val_uri, VAL_BATCH_ROWS):
+            text = _tower_outputs(model, tokens, feats["item_idx"], device) if tokens is not None else None
+            # torch.tensor copies: Arrow hands out read-only arrays, which from_numpy warns about.
+            logits = model(*(torch.tensor(feats[k], device=device) for k in ("user_hash", "item_hash", "dense")),
+                           item_text=text)
+            vp.append(torch.sigmoid(logits).cpu().numpy())
+            vl.append(feats["label"])
+    return np.concatenate(vl), np.concatenate(vp)
+
+
 def _fit_epochs(config: dict[str, Any], session: _RaySession | _LocalSession) -> None:
     cfg = RankConfig.model_validate(config["rank"])
     builder: FeatureBuilder = config["builder"]
@@ -351,17 +408,7 @@ def _fit_epochs(config: dict[str, Any], session: _RaySession | _LocalSession) ->
     model = CTRModel.for_features(builder.spec(), cfg, sparse_embeddings=sparse)
     opts = model.optimizers(cfg.lr, cfg.weight_decay, tower_lr=cfg.text_tower_lr)
     tokens = ItemTokens(**config["item_tokens"]) if config.get("item_tokens") else None
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
-                             "resumes": 0, "history": []}
-    ckpt = session.checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            d = Path(d)
-            resumed, _ = load_model(d / WEIGHTS_FILE)
-            model.load_state_dict(resumed.state_dict())
-            saved = json.loads((d / TRAIN_STATE_FILE).read_text())
-            _load_optimizers(opts, d / OPTIMIZER_FILE, saved.pop("optimizer"))
-            state = {**saved, "resumes": saved["resumes"] + 1}
+    state = _resume(model, opts, session)
     ddp = session.prepare_model(model)
     per_worker_batch = max(1, cfg.batch_size // world)
     dtypes = {"user_hash": torch.int64, "item_hash": torch.int64, "dense": torch.float32, "label": torch.float32}
@@ -370,46 +417,17 @@ def _fit_epochs(config: dict[str, Any], session: _RaySession | _LocalSession) ->
 
     for epoch in range(state["epoch"], cfg.epochs):
         ddp.train()
-        t_data = t_compute = 0.0
-        n_seen = 0
-        preds, labels = [], []
         t_epoch = time.perf_counter()
-        t0 = time.perf_counter()
-        for batch in session.batches(per_worker_batch, dtypes, cfg.shuffle_buffer, cfg.seed + epoch):
-            t1 = time.perf_counter()
-            t_data += t1 - t0
-            _fail_hook(config, state["step"], rank, world)
-            logits = ddp(batch["user_hash"], batch["item_hash"], batch["dense"], *_tower_inputs(tokens, batch, device))
-            loss = bce_loss(logits, batch["label"])
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            state["step"] += 1
-            n_seen += len(logits)
-            preds.append(torch.sigmoid(logits.detach()).cpu().numpy())
-            labels.append(batch["label"].cpu().numpy())
-            t0 = time.perf_counter()
-            t_compute += t0 - t1
+        labels, preds, n_seen, t_data, t_compute = _train_epoch(
+            ddp, opts, session.batches(per_worker_batch, dtypes, cfg.shuffle_buffer, cfg.seed + epoch), tokens,
+            device, state, lambda step: _fail_hook(config, step, rank, world))
         t_train = time.perf_counter() - t_epoch
-
-        train_logloss, train_auc = _safe_metrics(_gather(np.concatenate(labels), world),
-                                                 _gather(np.concatenate(preds), world))
+        train_logloss, train_auc = _safe_metrics(_gather(labels, world), _gather(preds, world))
         n_total = int(_gather(np.array([n_seen]), world).sum())
         # Every rank scores all of validation: same weights, same scores, an exact AUC everywhere.
         ddp.eval()
-        vp, vl = [], []
         t_val = time.perf_counter()
-        with torch.inference_mode():
-            for feats in _iter_parquet(config["val_uri"], VAL_BATCH_ROWS):
-                text = _tower_outputs(model, tokens, feats["item_idx"], device) if tokens is not None else None
-                # torch.tensor copies: Arrow hands out read-only arrays, which from_numpy warns about.
-                logits = model(*(torch.tensor(feats[k], device=device) for k in ("user_hash", "item_hash", "dense")),
-                               item_text=text)
-                vp.append(torch.sigmoid(logits).cpu().numpy())
-                vl.append(feats["label"])
-        val_logloss, val_auc = _safe_metrics(np.concatenate(vl), np.concatenate(vp))
+        val_logloss, val_auc = _safe_metrics(*_validate(model, config["val_uri"], tokens, device))
         t_val = time.perf_counter() - t_val
 
         improved = val_auc > state["best_val_auc"]
