@@ -1,9 +1,11 @@
 """What every `ray job submit` entrypoint shares: arguments, config, the store, Ray start-up, errors.
 
-A job parses ``--config`` / ``--set`` / data options into one ``Config`` and opens the artifact store
-*before* it starts Ray, so a typo or an unreachable URI fails in a second with one line on stderr
-and exit code 2. Under ``ray job submit`` Ray's address comes from ``RAY_ADDRESS`` (set by the job
-supervisor); run by hand without it, ``ray.init()`` starts a local Ray.
+A job parses ``--config`` / ``--set`` / the data options (``ltray.config.DATA_OPTIONS``, the same list
+the ``ltray`` CLI takes) into one ``Config`` and opens the artifact store *before* it starts Ray, so a
+typo or an unreachable URI fails in a second with exit code 2 and, as the CLI does, one ``error:`` line
+and one ``hint:`` line on stderr; so does bad data found inside a stage's Ray task. Under ``ray job
+submit`` Ray's address comes from ``RAY_ADDRESS`` (set by the job supervisor); run by hand without it,
+``ray.init()`` starts a local Ray.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ltray.artifacts import ArtifactError, ArtifactStore
-from ltray.cli import artifacts_uri, build_config
-from ltray.config import Config, ConfigError
+from ltray.config import DATA_OPTIONS, Config, ConfigError, artifacts_uri, build_config
 
 EXIT_USAGE = 2
 DEFAULT_STORE_TIMEOUT_S = 60.0
 DEFAULT_SCALE_TIMEOUT_S = 900.0
+DEFAULT_HINT = "run again with --debug for the traceback"
 
 
 @dataclass
@@ -47,10 +49,8 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                    help="override one field, e.g. --set embed.batch_size=128 (repeatable)")
     p.add_argument("--artifacts", help="run folder or pyarrow URI (s3://bucket/run, gs://bucket/run); "
                                        "on a cluster use a URI every node can reach")
-    p.add_argument("--dataset", help="built-in dataset: synthetic | movielens-latest-small | "
-                                     "amazon-office-2014-5core | lastfm-hetrec-2k")
-    p.add_argument("--items", help="items file or folder (CSV, Parquet, JSONL)")
-    p.add_argument("--interactions", help="interactions file or folder")
+    for o in DATA_OPTIONS:  # --dataset, --items, --text-col, ...: the CLI's own list
+        p.add_argument(o.flag, dest=o.field, help=o.help)
     p.add_argument("--no-holdout", dest="holdout", action="store_false",
                    help="fit on every interaction (no time split, so no evaluation)")
     p.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT_S,
@@ -70,8 +70,7 @@ def make_parser(description: str) -> argparse.ArgumentParser:
 
 def parse_job_args(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> JobArgs:
     ns = parser.parse_args(argv)
-    cfg = build_config(ns.config, ns.overrides, dataset=ns.dataset, items=ns.items,
-                       interactions=ns.interactions)
+    cfg = build_config(ns.config, ns.overrides, **{o.field: getattr(ns, o.field) for o in DATA_OPTIONS})
     return JobArgs(cfg=cfg, artifacts=artifacts_uri(cfg, ns.artifacts), holdout=ns.holdout, options=ns)
 
 
@@ -141,11 +140,35 @@ def wait_for_gpus(n: int, timeout_s: float, poll_s: float = 5.0) -> None:
     log(f"cluster: {have:g} GPU(s) up")
 
 
-def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore], dict[str, Any]],
-            argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    """Parse, check, start Ray, run ``body``; known failures become one line on stderr and exit 2."""
+def _known_error(e: BaseException) -> BaseException | None:
+    """The failure a job reports in one line, or None for a bug (which keeps its traceback).
+
+    An error raised inside a Ray task arrives as Ray's RayTaskError, whose text is the whole remote
+    traceback: its cause is what the task raised."""
     from ltray.data.schema import DataError
 
+    # Looked up, not imported: each can only be raised once its module is loaded (and torch is slow to import).
+    task_error = getattr(sys.modules.get("ray.exceptions"), "RayTaskError", None)
+    if task_error is not None and isinstance(e, task_error) and getattr(e, "cause", None) is not None:
+        e = e.cause
+    train_error = getattr(sys.modules.get("ltray.rank.train"), "TrainError", None)
+    known = (ConfigError, ArtifactError, DataError, ScaleError, FileNotFoundError, ValueError, ConnectionError,
+             *((train_error,) if train_error else ()))
+    return e if isinstance(e, known) else None
+
+
+def report_error(name: str, e: BaseException) -> None:
+    """``error: <job>: <message>`` and ``hint: <hint>`` on stderr, one line each, as the CLI prints them."""
+    msg = " ".join(str(e).split())  # one line, whatever the exception's formatting
+    hint = " ".join(str(getattr(e, "hint", None) or DEFAULT_HINT).split())
+    print(f"error: {name}: {msg}", file=sys.stderr, flush=True)
+    print(f"hint: {hint}", file=sys.stderr, flush=True)
+
+
+def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore], dict[str, Any]],
+            argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse, check, start Ray, run ``body``; known failures, here or in a Ray task, become an ``error:``
+    and a ``hint:`` line on stderr and exit 2."""
     parser = parser or make_parser(description)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
@@ -155,12 +178,11 @@ def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore]
         init_ray()
         wait_for_gpus(args.options.wait_for_gpus, args.options.scale_timeout)
         summary = body(args, store)
-    except (ConfigError, ArtifactError, DataError, ScaleError, FileNotFoundError, ValueError,
-            ConnectionError) as e:
-        if debug:
+    except Exception as e:
+        known = _known_error(e)
+        if debug or known is None:
             raise
-        msg = " ".join(str(e).split())  # one line, whatever the exception's formatting
-        print(f"error: {name}: {msg}", file=sys.stderr, flush=True)
+        report_error(name, known)
         return EXIT_USAGE
     summary = {"job": name, "artifacts": args.artifacts, "seconds": round(time.perf_counter() - t0, 2),
                **(summary or {})}

@@ -60,7 +60,10 @@ def _base_env(token: str) -> dict[str, str]:
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               LTRAY_DATA_HOME=os.environ["LTRAY_DATA_HOME"])
+               LTRAY_DATA_HOME=os.environ["LTRAY_DATA_HOME"],
+               # The head listens on loopback; without this switch a client turns RAY_ADDRESS=127.0.0.1:port
+               # into the default route's address (Ray's get_node_ip_address) and never reaches it.
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     return env
 
 
@@ -301,8 +304,11 @@ def test_each_job_fails_with_one_clear_line(job, case, capsys, tmp_path):
         argv += ["--artifacts", str(tmp_path / "art")]
     assert module.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {job}: ") and expected in err, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    # As the CLI prints it: one error line and one hint line.
+    assert len(err.splitlines()) == 2 and "Traceback" not in err, err
+    line, hint = err.splitlines()
+    assert line.startswith(f"error: {job}: ") and expected in line, err
+    assert hint.startswith("hint: ")
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
@@ -313,7 +319,8 @@ def test_bad_config_exit_code_from_the_command_line(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"error: pipeline: invalid config in {cfg}: rank.lerning_rate: Extra inputs are not permitted"]
+        f"error: pipeline: invalid config in {cfg}: rank.lerning_rate: Extra inputs are not permitted",
+        "hint: run again with --debug for the traceback"]
 
 
 def test_waiting_for_gpus_that_never_come_fails_clearly(ray_head, tmp_path):
@@ -324,4 +331,61 @@ def test_waiting_for_gpus_that_never_come_fails_clearly(ray_head, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
     assert "error: embed_catalog: the cluster offers 0 GPU(s) after 3s; --wait-for-gpus asked for 1" in r.stderr
+    assert "Traceback" not in r.stderr
     assert not (tmp_path / "art" / "embed").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The data options: one list for the CLI and the jobs (ltray.config.DATA_OPTIONS).
+SHOP = REPO / "examples" / "shop"
+SHOP_OPTIONS = ["--item-id-col", "sku", "--user-id-col", "customer", "--ts-col", "when", "--weight-col", "qty",
+                "--text-template", "{title}. Genres: {genres}. {description}"]
+
+
+def test_jobs_take_the_cli_data_options_without_importing_the_cli(tmp_path):
+    import typer.main
+
+    from jobs._common import make_parser, parse_job_args
+    from ltray.cli import app
+    from ltray.config import DATA_OPTIONS
+
+    flags = {o.flag for o in DATA_OPTIONS}
+    assert {"--item-id-col", "--text-col", "--user-id-col", "--ts-col", "--weight-col", "--text-template"} <= flags
+    cli = typer.main.get_command(app)
+    for name in ("run", "fit"):
+        cli_flags = {f for p in cli.commands[name].params for f in p.opts}
+        assert flags <= cli_flags, (name, flags - cli_flags)
+    values = {o.field: f"v-{o.field}" for o in DATA_OPTIONS if o.field != "dataset"}
+    argv = [a for o in DATA_OPTIONS if o.field in values for a in (o.flag, values[o.field])]
+    args = parse_job_args([*argv, "--artifacts", str(tmp_path)], make_parser("test"))
+    assert {k: getattr(args.cfg.data, k) for k in values} == values
+    # A job's module graph holds no CLI (issue #17): build_config lives in ltray.config.
+    code = ("import sys; sys.path.insert(0, '.'); import jobs.pipeline, jobs.evaluate, jobs.train_ctr, "
+            "jobs.embed_catalog, jobs.build_index; assert 'ltray.cli' not in sys.modules, 'imports the CLI'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_data_error_in_a_stage_task_is_the_clis_error_and_hint(ray_head, tmp_path):
+    """The data stage runs in a Ray task: its DataError reaches the job as Ray's RayTaskError, whose text is
+    the whole remote traceback. The job prints what the task raised, one line, and the hint; the column
+    options then map the same files, and the data and embed stages run."""
+    env = ray_head.client_env(RAY_ADDRESS=ray_head.gcs)
+    files = ["--items", str(SHOP / "items.csv"), "--interactions", str(SHOP / "interactions.csv")]
+    cmd = [sys.executable, "jobs/embed_catalog.py", "--artifacts", str(tmp_path / "art"), *files,
+           "--set", "embed.max_length=32"]
+    bad = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2, (bad.stdout + bad.stderr)[-3000:]
+    lines = bad.stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert lines[errors[0]] == (f"error: embed_catalog: {SHOP / 'items.csv'}, column 'item_id': missing item_id "
+                                "column (found: sku, title, genres, description)")
+    assert lines[errors[0] + 1] == "hint: map it with --item-id-col"
+    assert not (tmp_path / "art" / "data").exists()
+
+    good = subprocess.run([*cmd, *SHOP_OPTIONS], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, (good.stdout + good.stderr)[-3000:]
+    m = _manifest(tmp_path / "art")
+    assert m["config"]["data"]["item_id_col"] == "sku" and m["config"]["data"]["ts_col"] == "when"
+    assert m["stages"]["data"]["items"] == 48 and m["stages"]["embed"]["count"] == 48
