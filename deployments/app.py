@@ -142,9 +142,10 @@ class _BatchedRanking:
         self.batches["largest"] = max(self.batches["largest"], n)
         self.batch_size.observe(n)
 
-    def batch_stats(self) -> dict[str, int]:
-        """Forward passes, requests scored and the largest batch since this replica started."""
-        return dict(self.batches)
+    def batch_stats(self) -> dict[str, Any]:
+        """This replica's id, and its forward passes, requests scored and largest batch since it started
+        (a handle call reaches any one replica: the id tells them apart)."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id, **self.batches}
 
     async def _rank(self, user_id: str, state, cands, k: int, tail_share: float | None) -> Ranked:
         feats = self.ranking.features(user_id, state, cands)

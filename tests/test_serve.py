@@ -152,20 +152,35 @@ def test_tail_share_changes_the_served_tail_share(server, recommender):
     assert np.mean(shares[0.0]) < np.mean(shares[0.5]) < np.mean(shares[1.0])
 
 
+def _batch_stats(app: str, deployment: str) -> dict[str, int]:
+    """Batching counts summed over every replica of a deployment: a handle call reaches any one replica,
+    so it is asked until each has answered (the router picks among idle replicas at random)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=app)
+    want = serve.status().applications[app].deployments[deployment].replica_states.get("RUNNING", 0)
+    seen: dict[str, dict[str, int]] = {}
+    for _ in range(50):
+        stats = handle.batch_stats.remote().result()
+        seen[stats.pop("replica")] = stats
+        if len(seen) >= want:
+            break
+    assert want and len(seen) == want, f"batch_stats reached {len(seen)} of {want} replicas"
+    return {"passes": sum(s["passes"] for s in seen.values()),
+            "requests": sum(s["requests"] for s in seen.values()),
+            "largest": max(s["largest"] for s in seen.values())}
+
+
 def test_ranker_batches_concurrent_requests(server, recommender):
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray import serve
-
-    ranker = serve.get_deployment_handle("CTRRanker", app_name=APP)
-    before = ranker.batch_stats.remote().result()
+    before = _batch_stats(APP, "CTRRanker")
     users = _known_users(recommender, 24)
     with ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(lambda u: server.post("/recommend", json={"user_id": u, "k": 5}).status_code,
                               users * 2))
     assert codes == [200] * len(codes)
-    after = ranker.batch_stats.remote().result()
-    # (one replica's counts: with a second ranker replica it saw only its share of the requests)
+    after = _batch_stats(APP, "CTRRanker")
     served = after["requests"] - before["requests"]
     assert 0 < after["passes"] - before["passes"] < served and after["largest"] > 1
 
@@ -174,15 +189,12 @@ def test_colocated_pipeline_batches_requests_and_answers_each_as_alone(server, r
     """Concurrent requests share one FAISS search and one forward pass; each still gets its own answer."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray import serve
-
-    pipeline = serve.get_deployment_handle("Pipeline", app_name=COLO_APP)
     users = _known_users(recommender, 24)
     alone = {u: server.post("/colo/recommend", json={"user_id": u, "k": 10}).json() for u in users}
-    before = pipeline.batch_stats.remote().result()
+    before = _batch_stats(COLO_APP, "Pipeline")
     with ThreadPoolExecutor(12) as pool:
         together = list(pool.map(lambda u: server.post("/colo/recommend", json={"user_id": u, "k": 10}), users * 2))
-    after = pipeline.batch_stats.remote().result()
+    after = _batch_stats(COLO_APP, "Pipeline")
     assert [r.status_code for r in together] == [200] * len(together)
     for u, r in zip(users * 2, together, strict=True):
         assert [i["item_id"] for i in r.json()["items"]] == [i["item_id"] for i in alone[u]["items"]]
@@ -510,6 +522,78 @@ def test_killing_a_ranker_replica_under_load(server, recommender):
     while not (set(_ranker_replicas()) - set(before) and server.get("/readyz").status_code == 200):
         assert time.time() < deadline, "Serve did not replace the killed CTRRanker replica"
         time.sleep(0.5)
+
+
+def _replica_pids(app: str, deployment: str) -> dict[str, int]:
+    """Live replica actors of one deployment -> worker pids, from this session's own GCS (a process scan
+    could hit another Ray on the machine running an app of the same name)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return {a["Name"]: a["Pid"] for a in ray._private.state.actors().values()
+            if a["State"] == "ALIVE" and (a.get("Name") or "").startswith(prefix) and a.get("Pid")}
+
+
+def test_sigkilled_replica_under_load_fails_no_request(server, recommender):
+    """A replica process SIGKILLed while clients ask, in both layouts at once (the colocated Pipeline, the
+    chain's CTRRanker): the in-flight calls are retried on the other replica (serve.min_replicas=2), so
+    every request answers 200 (or, at worst, 503 with Retry-After: never another 5xx and never a hang),
+    answers keep coming, and Serve replaces the replica within a few health-check periods."""
+    import signal
+
+    targets = {"/colo": (COLO_APP, "Pipeline"), "": (APP, "CTRRanker")}
+    before = {prefix: _replica_pids(app, dep) for prefix, (app, dep) in targets.items()}
+    assert all(len(pids) >= 2 for pids in before.values()), f"want two replicas per stage: {before}"
+    users = _known_users(recommender, 20)
+    rows: list[tuple[str, float, int, bool]] = []  # (prefix, end time, status or 0 = no answer, Retry-After?)
+    lock, stop = threading.Lock(), threading.Event()
+    clients_per_layout, client_timeout_s, after_kill_s = 3, 10, 8
+
+    def client(prefix: str, seed: int):
+        with httpx.Client(base_url=server.base_url, timeout=client_timeout_s) as c:
+            i = seed
+            while not stop.is_set():
+                try:
+                    r = c.post(f"{prefix}/recommend", json={"user_id": users[i % len(users)], "k": 10})
+                    row = (prefix, time.time(), r.status_code, "retry-after" in r.headers)
+                except httpx.HTTPError:
+                    row = (prefix, time.time(), 0, False)
+                with lock:
+                    rows.append(row)
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(prefix, j)) for prefix in targets
+               for j in range(clients_per_layout)]
+    for t in threads:
+        t.start()
+    try:
+        while len(rows) < 40:
+            time.sleep(0.05)
+        for pids in before.values():
+            os.kill(sorted(pids.items())[0][1], signal.SIGKILL)
+        killed_at = time.time()
+        time.sleep(after_kill_s)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=2 * client_timeout_s)
+    for prefix in targets:
+        mine = [r for r in rows if r[0] == prefix]
+        bad = [r for r in mine if r[2] != 200 and not (r[2] == 503 and r[3])]
+        assert not bad, f"{prefix or '/'}: {len(bad)} answers neither 200 nor 503 with Retry-After: {bad[:5]}"
+        failed = sum(r[2] != 200 for r in mine)
+        assert failed <= max(1, len(mine) // 100), f"{prefix or '/'}: {failed} of {len(mine)} failed"
+        marks = [killed_at, *sorted(r[1] for r in mine if r[2] == 200 and r[1] > killed_at),
+                 max(r[1] for r in mine)]
+        gap = max(b - a for a, b in zip(marks, marks[1:], strict=False))
+        assert gap < 5, f"{prefix or '/'}: no answer for {gap:.1f} s after the kill"
+        assert sum(r[1] > killed_at for r in mine) > 20, "the kill did not happen under load"
+    # Serve replaced both replicas: new replica actors, and both apps ready again.
+    deadline = time.time() + 60
+    while not all(set(_replica_pids(app, dep)) - set(before[prefix]) for prefix, (app, dep) in targets.items()):
+        assert time.time() < deadline, "Serve did not replace the killed replicas in 60 s"
+        time.sleep(0.5)
+    assert server.get("/readyz").status_code == 200 and server.get("/colo/readyz").status_code == 200
 
 
 def _second_run(src: str, dest: Path, tail_share: float) -> str:
