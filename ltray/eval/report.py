@@ -11,7 +11,7 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -287,102 +287,87 @@ def write_report(
     title = f"ltray long-tail report: {dataset_name}"
     protocol = PROTOCOL.format(min_n=min_user_interactions, f=test_fraction, head=head_share)
 
-    # Markdown
-    md = [f"# {title}", ""] + ([f"**Verdict.** {verdict}", ""] if verdict else [])
-    md += [f"## {SECTIONS[0]}", "", protocol, "", f"## {SECTIONS[1]}", ""]
-    md += _md_table(header, rows) if rows else ["No systems were evaluated."]
-    md += ["", f"## {SECTIONS[2]}", "", f"![trade-off]({FIGURES['tradeoff']})", ""]
+    # One list of blocks, rendered twice: report.md and a self-contained report.html.
+    doc: list[_Block] = [_Block("h1", title)] + ([_Block("verdict", verdict)] if verdict else [])
+    doc += [_Block("h2", SECTIONS[0]), _Block("p", protocol), _Block("h2", SECTIONS[1]),
+            _Block("table", (header, rows), ours) if rows else _Block("p", "No systems were evaluated."),
+            _Block("h2", SECTIONS[2]), _Block("img", ("tradeoff", "trade-off"))]
     if curve_rows:
-        md += _md_table(["tail_share", "Recall@20", "TailRecall@20"], curve_rows) + [""]
-    md += [f"## {SECTIONS[3]}", "", f"![exposure by popularity decile]({FIGURES['deciles']})", ""]
+        doc.append(_Block("table", (["tail_share", "Recall@20", "TailRecall@20"], curve_rows)))
+    doc += [_Block("h2", SECTIONS[3]), _Block("img", ("deciles", "exposure by popularity decile"))]
     if decile_exposure:
         n = max(len(v) for v in decile_exposure.values())
-        md += _md_table(
-            ["system"] + [f"D{i + 1}" for i in range(n)],
-            [[k, *map(float, v)] for k, v in decile_exposure.items()],
-        ) + [""]
-    md += [f"## {SECTIONS[4]}", "", f"![Lorenz curve]({FIGURES['lorenz']})", "", f"## {SECTIONS[5]}", ""]
-    if not examples:
-        md += ["No example users.", ""]
-    md += [EXAMPLES_LEGEND, ""] if examples else []
+        doc.append(_Block("table", (["system"] + [f"D{i + 1}" for i in range(n)],
+                                    [[k, *map(float, v)] for k, v in decile_exposure.items()])))
+    doc += [_Block("h2", SECTIONS[4]), _Block("img", ("lorenz", "Lorenz curve")), _Block("h2", SECTIONS[5]),
+            _Block("p", EXAMPLES_LEGEND if examples else "No example users.")]
     for ex in examples:
         hist, recs = _example_rows(ex)
-        md += [f"### User {ex.get('user_id', '?')}", "", "History (most recent last):", ""]
-        md += _md_table(["#", "title", "segment"], hist) if hist else ["(none)"]
-        md += ["", "Our list:", ""]
-        md += (
-            _md_table(["rank", "title", "segment", "score", "source", "reason"], recs)
-            if recs
-            else ["(empty)"]
-        )
-        md += [""]
-    md += [f"## {SECTIONS[6]}", ""]
-    md += _md_table(["stage", "seconds"], timing_rows) if timing_rows else ["No timings recorded."]
-    md += ["", f"## {SECTIONS[7]}", ""]
-    md += [f"- {n}" for n in notes] if notes else ["None."]
+        doc += [_Block("h3", f"User {ex.get('user_id', '?')}"), _Block("p", "History (most recent last):"),
+                _Block("table", (["#", "title", "segment"], hist)) if hist else _Block("p", "(none)"),
+                _Block("p", "Our list:"),
+                _Block("table", (["rank", "title", "segment", "score", "source", "reason"], recs)) if recs
+                else _Block("p", "(empty)")]
+    doc += [_Block("h2", SECTIONS[6]),
+            _Block("table", (["stage", "seconds"], timing_rows)) if timing_rows else _Block("p", "No timings recorded."),
+            _Block("h2", SECTIONS[7]), _Block("ul", list(notes)) if notes else _Block("p", "None.")]
+
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-
-    # HTML, self-contained: figures inline as data URIs.
-    def img(key: str, alt: str) -> str:
-        data = base64.b64encode(figs[key].read_bytes()).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-    h = [f"<h1>{html.escape(title)}</h1>"]
-    if verdict:
-        h.append(f'<p class="verdict"><strong>Verdict.</strong> {html.escape(verdict)}</p>')
-    h += [
-        f"<h2>{SECTIONS[0]}</h2>",
-        f"<p>{html.escape(protocol)}</p>",
-        f"<h2>{SECTIONS[1]}</h2>",
-        _html_table(header, rows, ours) if rows else "<p>No systems were evaluated.</p>",
-        f"<h2>{html.escape(SECTIONS[2])}</h2>",
-        img("tradeoff", "trade-off"),
-    ]
-    if curve_rows:
-        h.append(_html_table(["tail_share", "Recall@20", "TailRecall@20"], curve_rows))
-    h += [f"<h2>{SECTIONS[3]}</h2>", img("deciles", "exposure by popularity decile")]
-    if decile_exposure:
-        n = max(len(v) for v in decile_exposure.values())
-        h.append(
-            _html_table(
-                ["system"] + [f"D{i + 1}" for i in range(n)],
-                [[k, *map(float, v)] for k, v in decile_exposure.items()],
-            )
-        )
-    h += [f"<h2>{SECTIONS[4]}</h2>", img("lorenz", "Lorenz curve"), f"<h2>{SECTIONS[5]}</h2>"]
-    h.append(
-        f"<p>{html.escape(EXAMPLES_LEGEND)}</p>" if examples else "<p>No example users.</p>"
-    )
-    for ex in examples:
-        hist, recs = _example_rows(ex)
-        h += [
-            f"<h3>User {html.escape(str(ex.get('user_id', '?')))}</h3>",
-            "<p>History (most recent last):</p>",
-            _html_table(["#", "title", "segment"], hist),
-            "<p>Our list:</p>",
-            _html_table(["rank", "title", "segment", "score", "source", "reason"], recs),
-        ]
-    h += [
-        f"<h2>{SECTIONS[6]}</h2>",
-        _html_table(["stage", "seconds"], timing_rows) if timing_rows else "<p>No timings recorded.</p>",
-        f"<h2>{SECTIONS[7]}</h2>",
-        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "<p>None.</p>",
-    ]
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        # Tables scroll sideways instead of overflowing a narrow window (the metrics table is wide).
-        "table{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.85em;display:block;overflow-x:auto;"
-        "max-width:100%}"
-        ".verdict{background:#f3f7ff;border-left:4px solid #36c;padding:0.5em 1em}"
-        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-        "th:first-child,td:first-child{text-align:left}tr.ours{font-weight:bold;background:#fff3f0}"
-        "img{max-width:100%;display:block;margin:0.5em 0}"
-    )
+    md_path.write_text("\n".join(line for b in doc for line in _markdown(b, FIGURES)) + "\n", encoding="utf-8")
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(h) + "\n</body></html>\n"
+        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(_html(b, figs) for b in doc) + "\n</body></html>\n"
     )
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return md_path, html_path
+
+
+class _Block(NamedTuple):
+    """One piece of the report: h1 / h2 / h3 / p / verdict (text), table ((header, rows); `bold`: the row
+    whose first cell is this), img ((figure key, alt text)), ul (items)."""
+
+    kind: str
+    body: Any
+    bold: str | None = None
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    # Tables scroll sideways instead of overflowing a narrow window (the metrics table is wide).
+    "table{border-collapse:collapse;margin:0.5em 0 1em;font-size:0.85em;display:block;overflow-x:auto;"
+    "max-width:100%}"
+    ".verdict{background:#f3f7ff;border-left:4px solid #36c;padding:0.5em 1em}"
+    "th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}tr.ours{font-weight:bold;background:#fff3f0}"
+    "img{max-width:100%;display:block;margin:0.5em 0}"
+)
+
+
+def _markdown(b: _Block, files: Mapping[str, str]) -> list[str]:
+    if b.kind in ("h1", "h2", "h3"):
+        return ["#" * int(b.kind[1]) + " " + b.body, ""]
+    if b.kind == "verdict":
+        return [f"**Verdict.** {b.body}", ""]
+    if b.kind == "table":
+        return [*_md_table(*b.body), ""]
+    if b.kind == "img":
+        return [f"![{b.body[1]}]({files[b.body[0]]})", ""]
+    if b.kind == "ul":
+        return [*(f"- {item}" for item in b.body), ""]
+    return [b.body, ""]
+
+
+def _html(b: _Block, figs: Mapping[str, Path]) -> str:
+    if b.kind in ("h1", "h2", "h3"):
+        return f"<{b.kind}>{html.escape(b.body)}</{b.kind}>"
+    if b.kind == "verdict":
+        return f'<p class="verdict"><strong>Verdict.</strong> {html.escape(b.body)}</p>'
+    if b.kind == "table":
+        return _html_table(*b.body, b.bold)
+    if b.kind == "img":  # inline, so the page is one self-contained file
+        data = base64.b64encode(figs[b.body[0]].read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(b.body[1])}" src="data:image/png;base64,{data}">'
+    if b.kind == "ul":
+        return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in b.body) + "</ul>"
+    return f"<p>{html.escape(b.body)}</p>"
