@@ -104,8 +104,10 @@ class StageMetrics:
 def _part_segments(stage: RecallStage, recall: Recall):
     import numpy as np
 
+    from ltray.data.segments import HEAD, TAIL, Segment
+
     rows = np.concatenate([p[1] for p in recall.parts]) if recall.parts else np.zeros(0, np.int64)
-    return np.where(stage.generator.m.item_segment[rows] == 0, "head", "tail")
+    return np.where(stage.generator.models.item_segment[rows] == Segment.HEAD, HEAD, TAIL)  # tail: off the head
 
 
 def _serve_config(serve_cfg: dict | ServeConfig) -> ServeConfig:
@@ -612,8 +614,10 @@ def run_local(artifacts: str, cfg: ServeConfig | None = None, echo=print) -> Non
     if cfg.port == 0:
         cfg = cfg.model_copy(update={"port": _free_port(cfg.host)})
     Artifacts(artifacts)  # fail fast on a missing or broken run folder, before Ray starts
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # `ltray serve` has started or joined one already
+        from ltray.raysession import start_or_join
+
+        start_or_join(include_dashboard=False, log_to_driver=False)
     url = start(artifacts, cfg)
     # Ctrl-C and SIGTERM both stop it cleanly (a shell may start a background job with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)

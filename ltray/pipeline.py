@@ -24,7 +24,6 @@ from ltray.config import Config
 from ltray.data import Dataset, temporal_holdout
 from ltray.data.checks import load_checked
 from ltray.data.segments import Segment, segment_code_array
-from ltray.recommend import load_recommender  # noqa: F401  (transitional: its home is ltray.recommend)
 
 Log = Any  # a callable(str) -> None; rich console print in the CLI
 

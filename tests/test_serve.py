@@ -66,7 +66,7 @@ def server(ray_cluster, serve_artifacts):
 
 @pytest.fixture(scope="module")
 def recommender(serve_artifacts):
-    from ltray.pipeline import load_recommender
+    from ltray.recommend import load_recommender
 
     return load_recommender(serve_artifacts)
 
