@@ -56,3 +56,16 @@ def small_config():
 def small_synthetic(small_config):
     from ltray.data.synthetic import generate
     return generate(small_config.data.synthetic)
+
+
+@pytest.fixture(scope="session")
+def serve_artifacts(ray_cluster, small_config, tmp_path_factory) -> str:
+    """A run fitted once on the small synthetic config (the whole pipeline, real models), for every test that
+    serves or reads a fitted run."""
+    from ltray.pipeline import fit
+
+    if os.environ.get("LTRAY_SERVE_TEST_ARTIFACTS"):  # a run fitted on small_config, to iterate faster
+        return os.environ["LTRAY_SERVE_TEST_ARTIFACTS"]
+    art = tmp_path_factory.mktemp("serve-run") / "art"
+    fit(small_config, str(art), log=lambda _msg: None)
+    return str(art)

@@ -13,11 +13,6 @@ import httpx
 import pytest
 from ports import free_port
 
-try:  # the run test_serve.py fits (a fixture); fitted once more for this module unless it moves to conftest.py
-    from test_serve import serve_artifacts  # noqa: F401
-except ImportError:
-    pass
-
 APP = "ltray-docs-test"
 PREFIX = "/docs-test"
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_docs_offline.py"
@@ -27,7 +22,7 @@ _spec.loader.exec_module(check)
 
 
 @pytest.fixture(scope="module")
-def docs_base(ray_cluster, serve_artifacts) -> str:  # noqa: F811
+def docs_base(ray_cluster, serve_artifacts) -> str:
     """The app (colocated: two replicas, the lighter topology) under PREFIX; its URL with the prefix."""
     from ray import serve
     from ray.serve.context import _get_global_client
