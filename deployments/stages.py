@@ -148,11 +148,8 @@ class RetrievalStage:
                                         dtype=e.dtype, device=e.device, threads=self.cfg.serve.encoder_threads)
         return self._encoder
 
-    def candidates(self, recall: Recall) -> Candidates:
-        return self.candidates_many([recall])[0]
-
     def candidates_many(self, recalls: list[Recall]) -> list[Candidates]:
-        """`candidates` for several requests: one FAISS search per index for all of them."""
+        """The candidates of several requests: one FAISS search per index for all of them."""
         b = self.cfg.blend
         live = [i for i, r in enumerate(recalls) if r.version == self.version and r.state is not None]
         found = self.generator.recall_parts_many([recalls[i].state for i in live], 0, b.n_tail, b.n_bridge,
@@ -184,8 +181,8 @@ class RetrievalStage:
 class RankStage:
     """CTRRanker: the Recommender's own scoring (CF score + ranker logit) -> tail-aware blend -> reasons.
 
-    `rank` runs it in one go; Serve runs the same steps split around the CTR model's forward pass
-    (`features` -> `forward` over several requests -> `finish`), so it can batch that pass.
+    Serve runs the Recommender's steps split around the CTR model's forward pass (`features` -> `forward`
+    over several requests -> `finish`), so it can batch that pass.
     """
 
     def __init__(self, art: Artifacts):
@@ -218,12 +215,6 @@ class RankStage:
         sizes = [len(f["dense"]) for f in batch]
         joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
         return np.split(self._model.score_features(joined), np.cumsum(sizes)[:-1])
-
-    def rank(self, user_id: str, state: UserState | None, cands: Columns, k: int,
-             tail_share: float | None = None) -> Columns:
-        """The top k as columns (item_id, item_idx, title, score, segment, source, reason)."""
-        scored = self.rec.score_candidates(user_id, state, dict(cands))
-        return self._titled(self.rec.top_k_columns(state, scored, k, tail_share))
 
     def _titled(self, top: Columns) -> Columns:
         # here, so both topologies (CTRRanker and the colocated Pipeline) answer with titles

@@ -210,7 +210,7 @@ class CandidateGenerator:
     # -- candidates ---------------------------------------------------------------
     def candidate_columns(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
                           n_bridge: int | None = None, n_cold: int | None = None) -> Columns:
-        """`candidates` as plain column arrays (the per-request form: no DataFrame)."""
+        """A user's candidates as plain column arrays (the per-request form: no DataFrame)."""
         b = self.cfg.blend
         n_cf = b.n_cf if n_cf is None else n_cf
         n_tail = b.n_tail if n_tail is None else n_tail

@@ -238,7 +238,6 @@ class BlendConfig(_Section):
     cold_order: Literal["content", "score"] = Field(
         "content", description="which cold items fill the cold quota: the closest in text to the user's "
         "interests (content), or the best final score (score; the ranker never sees a cold positive)")
-    mmr_lambda: float | None = Field(None, ge=0, le=1)
 
 
 class ServeConfig(_Section):
