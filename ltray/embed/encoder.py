@@ -3,6 +3,12 @@
 One class serves the batch stage (Ray Data actors) and the query path (Serve).
 Batches are cut from the texts sorted by token length, so that each batch pads
 only to its own longest text; results come back in input order.
+
+Not `sentence_transformers.SentenceTransformer.encode` (installed with the default encoder's package,
+not a dependency of ltray): it sorts by character length, not by tokens, and keeps neither the dtype
+and device choice per machine (bf16 where the CPU has it) nor the per-call statistics (tokens, padding,
+truncations) the embedding stage reports; this class loads any Hugging Face BERT-family folder or name
+with `transformers` alone, the same way on Ray Data's actors and in Serve.
 """
 
 from __future__ import annotations
