@@ -263,11 +263,11 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt 
              interactions: InterOpt = None, artifacts: ArtOpt = None, address: AddressOpt = None,
              verbose: VerboseOpt = False, debug: DebugOpt = False):
     """Evaluate a held-out run against the baselines and write the report (fits what is missing)."""
-    from ltray.eval.stage import stage_eval
+    from ltray.pipeline import evaluate_if_changed
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
     uri = artifacts_uri(cfg, artifacts)
-    report = stage_eval(_stages_up_to("rank", cfg, uri, True, address, verbose), cfg, _log)
+    report = evaluate_if_changed(_stages_up_to("rank", cfg, uri, True, address, verbose), cfg, _log)
     out.print(f"report: {report}")
 
 

@@ -293,7 +293,6 @@ def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+i
 
 
 def run(cfg: Config, artifacts: str, log: Log = _print, dataset: Dataset | None = None) -> Path:
-    """Split -> fit on train -> evaluate on test -> report. Returns the report path."""
-    from ltray.eval.stage import stage_eval
-
-    return stage_eval(fit(cfg, artifacts, holdout=True, log=log, dataset=dataset), cfg, log)
+    """Split -> fit on train -> evaluate on test -> report (skipped when nothing it reads changed, as every
+    stage is). Returns the report path."""
+    return evaluate_if_changed(fit(cfg, artifacts, holdout=True, log=log, dataset=dataset), cfg, log)

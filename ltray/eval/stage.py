@@ -244,8 +244,13 @@ def _examples(rec, bundle, users: np.ndarray, n: int) -> list[dict[str, Any]]:
     for u in users[:: max(1, len(users) // max(n, 1))][:n]:
         state = rec.generator.state(u)
         hist = [{"title": titles[i], "segment": LABELS[rec.models.item_segment[i]]} for i in state.recent[:8]]
-        recs = rec.recommend(u, k=10)
+        state, cands = rec.rank_candidates(u)
+        # a cold item's score in the report: its text closeness to the user (the ranker's means nothing there)
+        text = dict(zip(np.asarray(cands["item_idx"]).tolist(), np.asarray(cands["tail_score"]).tolist(),
+                        strict=True)) if "tail_score" in cands else {}
+        recs = rec.top_k(state, cands, 10)
         out.append({"user_id": u, "history": hist, "recs": [
             {"title": titles[r.item_idx], "segment": r.segment, "score": float(r.score), "source": r.source,
-             "reason": getattr(r, "reason", "")} for r in recs.itertuples()]})
+             "reason": getattr(r, "reason", ""), "text_score": text.get(int(r.item_idx))}
+            for r in recs.itertuples()]})
     return out
