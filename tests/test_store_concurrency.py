@@ -291,3 +291,39 @@ def test_a_writer_killed_at_random_points_of_its_commits_leaves_a_store_the_next
             token = reader.stage_info(stage)["token"]
             assert {(reader.stage_path(stage) / f).read_text() for f in FILES} == {token * 200}, round_
         _consistent(root)
+
+
+SMALL_FIT = ["data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
+             "cf.iterations=8", "rank.epochs=2", "rank.batch_size=256", "rank.refit_on_all=false", "cf.tune=false",
+             "cf.mix=0.5"]  # conftest's small_config, the run serve_artifacts holds
+
+
+@pytest.mark.slow
+def test_recommend_answers_from_committed_versions_while_fit_rewrites_the_run(serve_artifacts, tmp_path):
+    """`ltray fit` re-commits the run (a new ranker seed) while this process keeps loading the run and
+    recommending from it: every answer comes from a version some manifest named, and none fails."""
+    import shutil
+
+    from ltray.recommend import load_recommender
+
+    run = tmp_path / "run"
+    shutil.copytree(serve_artifacts, run, symlinks=True)
+    before = ArtifactStore(run, mode="r").manifest()["stages"]["rank"]["version"]
+    users = list(load_recommender(run).models.user_ids[:5])
+    overrides = [a for o in [*SMALL_FIT, "rank.seed=7"] for a in ("--set", o)]
+    fit = subprocess.Popen([str(REPO / ".venv" / "bin" / "ltray"), "fit", *overrides, "--address", "local",
+                            "--artifacts", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        while fit.poll() is None:
+            rec = load_recommender(run)
+            for u in users:
+                assert len(rec.recommend(u, k=10, explain=False)) == 10
+            seen.append(rec.version)
+    finally:
+        out = fit.communicate(timeout=600)[0]
+    assert fit.returncode == 0, out[-3000:]
+    after = ArtifactStore(run, mode="r").manifest()["stages"]["rank"]["version"]
+    assert after != before and len(seen) >= 3, (before, after, len(seen))
+    assert set(seen) <= {before, after}, set(seen)  # whole versions only, each one a manifest named
+    assert load_recommender(run).version == after
