@@ -19,10 +19,12 @@ def ray_cluster():
     """A real local Ray cluster, started once and shared by every test that needs Ray."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"LTRAY_DATA_HOME": os.environ["LTRAY_DATA_HOME"],
-                                           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    from ltray.raysession import start_private
+
+    if not ray.is_initialized():  # private and reaped with pytest, as the CLI's: a killed run leaks nothing
+        start_private(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                      runtime_env={"env_vars": {"LTRAY_DATA_HOME": os.environ["LTRAY_DATA_HOME"],
+                                                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     # Serve (if a test started it) and Ray go down once, at the end of the session.
     try:
