@@ -419,6 +419,7 @@ class Ingress:
         self.version = artifacts_version(ArtifactStore(artifacts, mode="r"))  # a reader: never recovers
         self.recall, self.retrieval, self.ranker, self.pipeline = recall, retrieval, ranker, pipeline
         self.metrics = StageMetrics("Ingress")
+        self.lost_replica: set[str] = set()  # stages whose replica died, until one of them answers again
 
     def _stages(self) -> dict[str, Any]:
         if self.pipeline is not None:
@@ -428,17 +429,23 @@ class Ingress:
     async def _call(self, handle, method: str, *args):
         """One stage call; a read, so it is retried when the replica died under it.
 
-        A retry waits at most serve.retry_wait_s: with no replica left Serve's router queues the call
-        until a replacement is up (seconds to load a stage), which clients saw as a hang; a 503 with
+        Once a stage lost a replica, its calls (the retry, and new requests until the stage answers
+        again) wait at most serve.retry_wait_s: with no replica left Serve's router queues a call until
+        a replacement is up (seconds to load a stage), which clients saw as a hang; a 503 with
         Retry-After tells them to come back instead.
         """
+        stage = handle.deployment_name
         for attempt in range(self.cfg.stage_retries + 1):
             call = getattr(handle, method).remote(*args)
             try:
-                if attempt == 0:
-                    return await call
-                return await asyncio.wait_for(call, timeout=self.cfg.retry_wait_s)
+                if stage in self.lost_replica:
+                    out = await asyncio.wait_for(call, timeout=self.cfg.retry_wait_s)
+                else:
+                    out = await call
+                self.lost_replica.discard(stage)
+                return out
             except _REPLICA_GONE as e:
+                self.lost_replica.add(stage)
                 if attempt == self.cfg.stage_retries:
                     raise StageUnavailable(f"{method}: no live replica ({type(e).__name__})") from e
             except TimeoutError as e:

@@ -261,8 +261,9 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaler's target per replica")
     stage_retries: int = Field(1, ge=0, description="retries of a stage call whose replica died (reads only)")
     retry_wait_s: float = Field(
-        3.0, gt=0, description="how long a retried stage call waits for a live replica; then 503 with Retry-After "
-        "(with no replica left, Serve queues a call until a replacement is up)")
+        3.0, gt=0, description="once a stage lost a replica, how long its calls (the retry, and new ones until "
+        "the stage answers again) wait for a live replica; then 503 with Retry-After (with no replica left, "
+        "Serve queues a call until a replacement is up)")
     health_check_period_s: float = Field(
         2.0, gt=0, description="Serve's check of each replica: a dead one is replaced only once a check finds it "
         "(Serve's default, 10 s, left a lone replica's deployment unanswered that much longer)")

@@ -531,7 +531,19 @@ def test_sigkilled_replica_under_load_fails_no_request(server, recommender):
     answers keep coming, and Serve replaces the replica within a few health-check periods."""
     import signal
 
+    from ray import serve
+
     targets = {"/colo": (COLO_APP, "Pipeline"), "": (APP, "CTRRanker")}
+
+    def running(app: str, dep: str) -> int:
+        return serve.status().applications[app].deployments[dep].replica_states.get("RUNNING", 0)
+
+    # Two running replicas each (the test before replaced a ranker replica; a starting one's actor is
+    # alive too, and killing the one running would leave none).
+    deadline = time.time() + 120
+    while not all(running(app, dep) >= 2 for app, dep in targets.values()):
+        assert time.time() < deadline, "the stages did not run two replicas each within 120 s"
+        time.sleep(0.5)
     before = {prefix: _replica_pids(app, dep) for prefix, (app, dep) in targets.items()}
     assert all(len(pids) >= 2 for pids in before.values()), f"want two replicas per stage: {before}"
     users = _known_users(recommender, 20)
