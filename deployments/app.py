@@ -552,7 +552,7 @@ def _options(cfg: ServeConfig, num_gpus: float = 0.0) -> dict[str, Any]:
         "health_check_timeout_s": cfg.health_check_timeout_s,
         # A replica being replaced finishes what it holds: a request may wait out a version switch
         # (serve.version_switch_wait_s), and Serve's default 20 s grace killed such requests with a 500.
-        "graceful_shutdown_timeout_s": cfg.version_switch_wait_s + cfg.ready_timeout_s,
+        "graceful_shutdown_timeout_s": cfg.version_switch_wait_s + cfg.finish_after_switch_s,
     }
 
 

@@ -289,6 +289,9 @@ class ServeConfig(_Section):
         "version while a new one rolls out (then 503)")
     version_retry_interval_s: float = Field(0.05, gt=0, description="chain: pause before asking the stages again "
                                             "during a version switch")
+    finish_after_switch_s: float = Field(
+        30.0, gt=0, description="a replaced replica's grace beyond version_switch_wait_s: the time a request that "
+        "waited out a version switch still needs to pass the stages on a loaded machine (2 s was too little)")
 
 
 class EvalConfig(_Section):
