@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import ROOT, ensure_artifacts, wait_ready  # noqa: E402  (sets the data / offline env too)
+from serve_load import ROOT, ensure_artifacts, start_serve, wait_ready  # noqa: E402  (sets the data / offline env too)
 
 RESULTS = ROOT / "benchmarks" / "results" / "failover.json"
 # The target under this probe.
@@ -194,9 +194,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from deployments.app import _free_port
     from ltray.artifacts import ArtifactStore
-    from ltray.config import ServeConfig
 
     artifacts = ensure_artifacts(args)
     users = pq.read_table(ArtifactStore(artifacts, mode="r").stage_path("data") / "train.parquet",
@@ -209,13 +207,8 @@ def main() -> None:
     if ray.is_initialized():  # the fit above started one with the fit's resources
         ray.shutdown()
     # A Ray of our own: never someone else's cluster on this machine.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("LTRAY_DATA_HOME", "HF_HUB_OFFLINE",
-                                                                  "TOKENIZERS_PARALLELISM")}})
-    port = _free_port("127.0.0.1")
-    cfg = ServeConfig.model_validate({**dict(o.split("=", 1) for o in args.serve), "port": port})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
+    cfg, url = start_serve(args.serve, address="local", runtime_env={"env_vars": {
+        k: os.environ[k] for k in ("LTRAY_DATA_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}})
     print(f"artifacts {artifacts}; {args.clients} clients for {args.seconds:g} s per layout, client timeout "
           f"{args.client_timeout:g} s; {os.cpu_count()} CPUs; Ray {ray.__version__}; replicas "
           f"{cfg.min_replicas}..{cfg.max_replicas} at {cfg.num_cpus} CPU; health check every "

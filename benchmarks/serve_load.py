@@ -153,6 +153,23 @@ def wait_ready(url: str, path: str, timeout_s: float = 300) -> None:
     raise RuntimeError(f"{url}{path} not ready in {timeout_s} s")
 
 
+def start_serve(overrides: list[str], **init_kwargs):
+    """Ray (unless one runs already) and Serve's HTTP proxy on a free loopback port: (ServeConfig with
+    `overrides` and that port, base URL). Both load benchmarks start this way."""
+    import ray
+    from ray import serve
+
+    from deployments.app import _free_port
+    from ltray.config import ServeConfig
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, **init_kwargs)
+    port = _free_port("127.0.0.1")
+    cfg = ServeConfig.model_validate({**dict(o.split("=", 1) for o in overrides), "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return cfg, f"http://127.0.0.1:{port}"
+
+
 def measure(name: str, app, url: str, bodies_file: Path, levels: list[int], warmup: Path, ready_path: str):
     from ray import serve
 
@@ -217,9 +234,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from deployments.app import _free_port, build
+    from deployments.app import build
     from ltray.artifacts import ArtifactStore
-    from ltray.config import ServeConfig
 
     n_req = args.requests or (60 if args.quick else 400)
     levels = [1, 8] if args.quick else [1, 8, 32]
@@ -235,12 +251,7 @@ def main() -> None:
     bodies_file.write_text(json.dumps(bodies))
     warmup.write_text(json.dumps(bodies[: min(40, n_req)]))
 
-    if not ray.is_initialized():  # the fit above may have started it
-        ray.init(include_dashboard=False, log_to_driver=False)
-    port = _free_port("127.0.0.1")
-    cfg = ServeConfig.model_validate({**dict(o.split("=", 1) for o in args.serve), "port": port})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
+    cfg, url = start_serve(args.serve)  # on the fit's Ray when the fit above started one
     print(f"artifacts {artifacts}; {len(users):,} users; {n_req} requests per level; "
           f"{os.cpu_count()} CPUs; Ray {ray.__version__}; replicas {cfg.min_replicas}..{cfg.max_replicas} at "
           f"{cfg.num_cpus} CPU, max_ongoing_requests {cfg.max_ongoing_requests}, batch wait "
