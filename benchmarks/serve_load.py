@@ -124,6 +124,7 @@ def build_floor_app(cfg):
 # -- the benchmark ------------------------------------------------------------------------------------------
 def ensure_artifacts(args) -> str:
     from ltray.config import load_config
+    from ltray.logs import lines_to
     from ltray.pipeline import fit
 
     if args.artifacts:
@@ -134,7 +135,8 @@ def ensure_artifacts(args) -> str:
         art = ROOT / "artifacts" / "movielens-latest-small"
         cfg = load_config(overrides=["data.dataset=movielens-latest-small"])
     t0 = time.perf_counter()
-    fit(cfg, str(art), log=lambda m: print(f"  fit: {m}", flush=True))
+    with lines_to(lambda m: print(f"  fit: {m}", flush=True)):
+        fit(cfg, str(art))
     print(f"artifacts {art} ready in {time.perf_counter() - t0:.0f} s", flush=True)
     return str(art)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -23,11 +24,16 @@ from typing import Any
 
 from ltray.artifacts import ArtifactError, ArtifactStore
 from ltray.config import DATA_OPTIONS, Config, ConfigError, artifacts_uri, build_config
+from ltray.logs import call_printing_lines, lines_to
 
 EXIT_USAGE = 2
 DEFAULT_STORE_TIMEOUT_S = 60.0
 DEFAULT_SCALE_TIMEOUT_S = 900.0
 DEFAULT_HINT = "run again with --debug for the traceback"
+
+# Under "ltray", so that the one handler ``run_job`` puts on the "ltray" logger prints it too: the jobs are
+# not in the ltray package, and each runs as __main__.
+log = logging.getLogger("ltray.jobs")
 
 
 @dataclass
@@ -38,7 +44,8 @@ class JobArgs:
     options: argparse.Namespace
 
 
-def log(msg: str) -> None:
+def _stamped(msg: str) -> None:
+    """One ltray log line of the job's driver on stdout."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -137,7 +144,7 @@ def wait_for_gpus(n: int, timeout_s: float, poll_s: float = 5.0) -> None:
             raise ScaleError(f"the cluster offers {have:g} GPU(s) after {timeout_s:g}s; --wait-for-gpus asked "
                              f"for {n} (check the GPU group's max_workers and the autoscaler log)")
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or 0.01)
-    log(f"cluster: {have:g} GPU(s) up")
+    log.info("cluster: %g GPU(s) up", have)
 
 
 def _known_error(e: BaseException) -> BaseException | None:
@@ -173,11 +180,12 @@ def run_job(name: str, description: str, body: Callable[[JobArgs, ArtifactStore]
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
     try:
-        args = parse_job_args(argv, parser)
-        store = open_store(args.artifacts, args.options.store_timeout)
-        init_ray()
-        wait_for_gpus(args.options.wait_for_gpus, args.options.scale_timeout)
-        summary = body(args, store)
+        with lines_to(_stamped):  # the ltray.* loggers' lines (this module's too), time-stamped, on stdout
+            args = parse_job_args(argv, parser)
+            store = open_store(args.artifacts, args.options.store_timeout)
+            init_ray()
+            wait_for_gpus(args.options.wait_for_gpus, args.options.scale_timeout)
+            summary = body(args, store)
     except Exception as e:
         known = _known_error(e)
         if debug or known is None:
@@ -210,9 +218,10 @@ def on_worker(fn: Callable[..., Any], *args: Any, store: ArtifactStore, cpus: fl
         here = ray.get_runtime_context().get_node_id()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
         if len([n for n in ray.nodes() if n["Alive"]]) > 1:
-            log(f"warning: artifacts at local path {store.root}; on a multi-node cluster use a URI "
-                "(s3://, gs://) or a shared mount so that workers can read and write the run")
-    return ray.get(ray.remote(fn).options(**options).remote(*args, **kwargs))
+            log.warning("warning: artifacts at local path %s; on a multi-node cluster use a URI (s3://, gs://) "
+                        "or a shared mount so that workers can read and write the run", store.root)
+    # fn's log lines go to the task's stdout, which Ray shows in the job's output.
+    return ray.get(ray.remote(call_printing_lines).options(**options).remote(fn, *args, **kwargs))
 
 
 def data_and_embed(args: JobArgs, store: ArtifactStore) -> dict[str, int]:
@@ -220,7 +229,7 @@ def data_and_embed(args: JobArgs, store: ArtifactStore) -> dict[str, int]:
     from ltray import pipeline as p
 
     counts = on_worker(p.commit_data, args.cfg, args.artifacts, args.holdout, store=store)
-    p.commit_embed(store, args.cfg, log)
+    p.commit_embed(store, args.cfg)
     return counts
 
 

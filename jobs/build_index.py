@@ -22,7 +22,7 @@ from jobs._common import data_and_embed, fit_on_worker, log, run_job, stage_vers
 def body(args, store) -> dict:
     data_and_embed(args, store)
     result = fit_on_worker(args, store, ("cf+index",))
-    log(f"cf + index: built in a Ray task (pid {result['pid']}), not in the driver (pid {os.getpid()})")
+    log.info("cf + index: built in a Ray task (pid %s), not in the driver (pid %d)", result["pid"], os.getpid())
     return {"build_pid": result["pid"], "driver_pid": os.getpid(), "tail_index": result["tail_index"],
             "full_index": result["full_index"], "stages": stage_versions(store)}
 

@@ -507,7 +507,7 @@ class ArtifactStore:
         stamps = {p.name.split(_AT, 1)[1]: _stamp(p) for p in self._version_dirs()
                   if p.name.split(_AT, 1)[0] == stage}
         for version in _droppable(stamps, current, time.time(), self.retain_s, orphan_grace_s=0.0):
-            log.info("%s: dropped %s%s%s (superseded)", self.root, stage, _AT, version)
+            log.debug("%s: dropped %s%s%s (superseded)", self.root, stage, _AT, version)  # housekeeping
             shutil.rmtree(self.root / f"{stage}{_AT}{version}", ignore_errors=True)
 
     def _commit_remote(self, stage: str, tmp: Path, version: str, entry: Callable[[], dict[str, Any]]) -> None:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ltray.config import DATA_OPTION, Config, ConfigError, artifacts_uri, build_config, load_config
 from ltray.errors import LtrayError
+from ltray.logs import lines_to
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset.")
@@ -62,6 +63,7 @@ def _errors_as_lines(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _session.enter_context(lines_to(_say))  # ltray's log lines, until the command ends
             return fn(*args, **kwargs)
         except Exception as e:
             if kwargs.get("debug"):
@@ -78,7 +80,8 @@ def _errors_as_lines(fn):
             console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         finally:
-            _session.close()  # Ray's logs back where they were (the error line above is on the terminal)
+            _session.close()  # Ray's logs back where they were (the error line above is on the terminal); no
+            # handler left on the "ltray" logger
 
     return wrapper
 
@@ -134,7 +137,8 @@ def _data_opts_config(config, set_, dataset, items, interactions, item_id_col, t
                         weight_col=weight_col, text_template=text_template)
 
 
-def _log(msg: str) -> None:
+def _say(msg: str) -> None:
+    """One ltray log line on the terminal (stderr)."""
     console.print(f"[cyan]>[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
@@ -144,7 +148,7 @@ def _ray_init(uri: str, address: str | None, verbose: bool) -> None:
     from ltray.raysession import LOG_NAME, ray_session
 
     log_file = ArtifactStore(uri).root / LOG_NAME  # a remote store's local cache
-    _session.enter_context(ray_session(address, log_file, verbose, _log))
+    _session.enter_context(ray_session(address, log_file, verbose))
 
 
 @app.command()
@@ -164,7 +168,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = Non
     from ltray.pipeline import run as run_pipeline
 
     _ray_init(uri, address, verbose)
-    report = run_pipeline(cfg, uri, log=_log, dataset=ds)
+    report = run_pipeline(cfg, uri, dataset=ds)
     out.print(f"report: {report}")
     out.print(f"report (markdown): {report.with_suffix('.md')}")
 
@@ -193,7 +197,7 @@ def _stages_up_to(last: str, cfg: Config, uri: str, holdout: bool, address: str 
     from ltray.pipeline import fit as fit_pipeline
 
     _ray_init(uri, address, verbose)
-    return fit_pipeline(cfg, uri, holdout, _log, ds, until=last)
+    return fit_pipeline(cfg, uri, holdout, dataset=ds, until=last)
 
 
 @app.command()
@@ -267,7 +271,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt 
 
     cfg = _data_opts_config(config, set_, dataset, items, interactions, None, None, None, None, None, None)
     uri = artifacts_uri(cfg, artifacts)
-    report = evaluate_if_changed(_stages_up_to("rank", cfg, uri, True, address, verbose), cfg, _log)
+    report = evaluate_if_changed(_stages_up_to("rank", cfg, uri, True, address, verbose), cfg)
     out.print(f"report: {report}")
 
 
@@ -343,7 +347,7 @@ def serve(
     from ltray.raysession import ray_session
 
     # Serve's own logs stay on the terminal (the run folder is opened read-only): only which cluster.
-    _session.enter_context(ray_session(address, None, True, _log))
+    _session.enter_context(ray_session(address, None, True))
     run_local(artifacts, cfg.serve, echo=lambda msg: out.print(msg, highlight=False, soft_wrap=True))
 
 

@@ -8,6 +8,7 @@ its fingerprint and is a no-op when its inputs and config are unchanged.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from ltray.data import Dataset, temporal_holdout
 from ltray.data.checks import load_checked
 from ltray.data.segments import Segment, segment_code_array
 
-Log = Any  # a callable(str) -> None; rich console print in the CLI
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,12 +59,8 @@ class FittedRun:
 FIT_STAGES = ("data", "embed", "index", "rank")  # where `fit` may stop (index: cf + index)
 
 
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
 # -- data ----------------------------------------------------------------------------
-def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _print, dataset: Dataset | None = None,
+def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, dataset: Dataset | None = None,
                check_sizes: bool = True) -> Bundle:
     """`dataset`: the input already read and checked (`load_checked`: the CLI does it before Ray starts)."""
     t0 = time.perf_counter()
@@ -90,51 +87,50 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, log: Log = _pri
             w.info.update(items=len(ds.items), train=len(train), test=0 if test is None else len(test),
                           segments={s.label: int((seg == s).sum()) for s in Segment})
         store.update_manifest(config=cfg.to_dict(), inputs=ds.sources, dataset=ds.name)
-        log(f"data: {len(ds.items):,} items, {len(train):,} train / "
-            f"{0 if test is None else len(test):,} test interactions")
+        log.info("data: %s items, %s train / %s test interactions", f"{len(ds.items):,}", f"{len(train):,}",
+                 f"{0 if test is None else len(test):,}")
     else:
-        log("data: unchanged, skipped")
+        log.info("data: unchanged, skipped")
     bundle.timings["data"] = time.perf_counter() - t0
     return bundle
 
 
 # -- embed -----------------------------------------------------------------------------
-def commit_embed(store: ArtifactStore, cfg: Config, log: Log = _print) -> dict[str, Any]:
+def commit_embed(store: ArtifactStore, cfg: Config) -> dict[str, Any]:
     """The embed stage alone: streams the data stage's Parquet through Ray Data; nothing reaches this process."""
     from ltray.embed.stage import run_embed
 
     stats = run_embed(store, store.stage_path("data") / "items.parquet", cfg)
     if stats.get("skipped"):
-        log("embed: unchanged, skipped")
+        log.info("embed: unchanged, skipped")
     else:
-        log(f"embed: {stats.get('encoded', 0):,} encoded, {stats.get('carried_over', 0):,} carried over "
-            f"({stats.get('items_per_s', 0):.0f} items/s)")
+        log.info("embed: %s encoded, %s carried over (%.0f items/s)", f"{stats.get('encoded', 0):,}",
+                 f"{stats.get('carried_over', 0):,}", stats.get("items_per_s", 0))
     return stats
 
 
-def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle, log: Log = _print) -> np.ndarray:
+def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle) -> np.ndarray:
     from ltray.embed.stage import STAGE, fingerprint, load_embeddings
 
     t0 = time.perf_counter()
     # The catalog is in this process already: check it here rather than in a Ray task (seconds to start).
     if store.is_current(STAGE, fingerprint(bundle.items[["item_id", "text"]], cfg.embed)):
-        log("embed: unchanged, skipped")
+        log.info("embed: unchanged, skipped")
     else:
-        commit_embed(store, cfg, log)
+        commit_embed(store, cfg)
     vectors = load_embeddings(store.stage_path("embed"), bundle.item_ids)
     bundle.timings["embed"] = time.perf_counter() - t0
     return vectors
 
 
 # -- cf + index ------------------------------------------------------------------------------
-def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray,
-                     log: Log = _print) -> CandidateModels:
+def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray) -> CandidateModels:
     t0 = time.perf_counter()
     fp = fingerprint_of({"data": store.stage_info("data")["fingerprint"],
                          "embed": store.stage_info("embed")["fingerprint"],
                          "cfg": cfg.fingerprint("cf", "index")})
     if store.is_current("cf", fp) and store.is_current("index", fp):
-        log("cf + index: unchanged, skipped")
+        log.info("cf + index: unchanged, skipped")
         models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), bundle.item_ids, vectors)
     else:
         from ltray.cf.tune import chosen_params, describe_choice, tune_cf
@@ -142,7 +138,7 @@ def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors:
         cf_cfg, search = tune_cf(bundle.train, bundle.item_ids, cfg)
         chosen = chosen_params(cf_cfg)
         if search:
-            log(f"cf: {describe_choice(cf_cfg, search)}")
+            log.info("cf: %s", describe_choice(cf_cfg, search))
         models = CandidateModels.fit(bundle.train, bundle.item_ids, vectors, bundle.item_segment,
                                      cfg.model_copy(update={"cf": cf_cfg}))
         with store.writing("cf", fingerprint=fp) as wc, store.writing("index", fingerprint=fp) as wi:
@@ -150,13 +146,14 @@ def stage_candidates(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors:
             wc.info.update(users=len(models.user_ids), factors=int(models.als.item_factors.shape[1]),
                            cf_params=chosen, tune=search)
             wi.info.update(tail_items=models.tail_index.ntotal, full_items=models.full_index.ntotal)
-        log(f"cf + index: ALS on {len(models.user_ids):,} users; tail index {models.tail_index.ntotal:,} items")
+        log.info("cf + index: ALS on %s users; tail index %s items", f"{len(models.user_ids):,}",
+                 f"{models.tail_index.ntotal:,}")
     bundle.timings["cf+index"] = time.perf_counter() - t0
     return models
 
 
 # -- rank -------------------------------------------------------------------------------------
-def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray, log: Log = _print):
+def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.ndarray):
     """Train the CTR model on candidates from models fitted on an earlier slice of train.
 
     Train is split per user by time into fit / valid. Candidate models are fitted on
@@ -173,14 +170,14 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
                          "embed": store.stage_info("embed")["fingerprint"],
                          "cfg": cfg.fingerprint("cf", "index", "rank", "blend", "eval")})
     if store.is_current("rank", fp):
-        log("rank: unchanged, skipped")
+        log.info("rank: unchanged, skipped")
         path = store.stage_path("rank")
         bundle.timings["rank"] = time.perf_counter() - t0
         return Ranker.load(path), json.loads((path / "blend.json").read_text())
     from ltray.tuning import train_ranker_and_choose_blend
 
     with store.writing("rank", fingerprint=fp) as w:
-        result = train_ranker_and_choose_blend(bundle, vectors, cfg, w.path, log)
+        result = train_ranker_and_choose_blend(bundle, vectors, cfg, w.path)
         (w / "blend.json").write_text(json.dumps(result["blend"], indent=2))
         w.info.update(metrics=result["metrics"], tail_share=result["blend"]["tail_share"])
     path = store.stage_path("rank")
@@ -188,21 +185,21 @@ def stage_rank(store: ArtifactStore, cfg: Config, bundle: Bundle, vectors: np.nd
     return Ranker.load(path), json.loads((path / "blend.json").read_text())
 
 
-def fit(cfg: Config, artifacts: str, holdout: bool = False, log: Log = _print,
+def fit(cfg: Config, artifacts: str, holdout: bool = False,
         dataset: Dataset | None = None, until: str = "rank") -> FittedRun:
     """The stages up to `until` (one of FIT_STAGES) on the given interactions (no holdout unless asked);
     `dataset` as for `stage_data`."""
     if until not in FIT_STAGES:
         raise ValueError(f"until must be one of {', '.join(FIT_STAGES)}, not {until!r}")
     store = ArtifactStore(artifacts)
-    run = FittedRun(store, stage_data(store, cfg, holdout, log, dataset))
+    run = FittedRun(store, stage_data(store, cfg, holdout, dataset))
     reach = FIT_STAGES[: FIT_STAGES.index(until) + 1]
     if "embed" in reach:
-        run.vectors = stage_embed(store, cfg, run.bundle, log)
+        run.vectors = stage_embed(store, cfg, run.bundle)
     if "index" in reach:
-        run.models = stage_candidates(store, cfg, run.bundle, run.vectors, log)
+        run.models = stage_candidates(store, cfg, run.bundle, run.vectors)
     if "rank" in reach:
-        run.ranker, run.blend = stage_rank(store, cfg, run.bundle, run.vectors, log)
+        run.ranker, run.blend = stage_rank(store, cfg, run.bundle, run.vectors)
     store.update_manifest(timings=run.bundle.timings)
     return run
 
@@ -226,9 +223,9 @@ def load_bundle(store: ArtifactStore) -> Bundle:
     return Bundle(items, train, test, seg.column("segment").to_numpy().astype(np.int8))
 
 
-def commit_data(cfg: Config, artifacts: str, holdout: bool, log: Log = _print) -> dict[str, int]:
+def commit_data(cfg: Config, artifacts: str, holdout: bool) -> dict[str, int]:
     """The data stage; returns counts only."""
-    bundle = stage_data(ArtifactStore(artifacts), cfg, holdout, log)
+    bundle = stage_data(ArtifactStore(artifacts), cfg, holdout)
     return {"items": len(bundle.items), "train": len(bundle.train),
             "test": 0 if bundle.test is None else len(bundle.test)}
 
@@ -239,7 +236,7 @@ def eval_fingerprint(store: ArtifactStore, cfg: Config) -> str:
                            "cfg": cfg.fingerprint("eval", "blend")})
 
 
-def evaluate_if_changed(run: FittedRun, cfg: Config, log: Log = _print) -> Path:
+def evaluate_if_changed(run: FittedRun, cfg: Config) -> Path:
     """The eval stage, skipped when the committed inputs and the eval config are unchanged.
 
     ``stage_eval`` always re-evaluates; this records a fingerprint of the stage versions it read in
@@ -250,9 +247,9 @@ def evaluate_if_changed(run: FittedRun, cfg: Config, log: Log = _print) -> Path:
     store = run.store
     fp = eval_fingerprint(store, cfg)
     if store.is_current("eval", fp):
-        log("eval: unchanged, skipped")
+        log.info("eval: unchanged, skipped")
         return store.shown_path("eval") / "report.html"
-    report = stage_eval(run, cfg, log)
+    report = stage_eval(run, cfg)
     entry = dict(store.stage_info("eval") or {})
     entry["fingerprint"] = fp
     store.update_manifest(stages={"eval": entry})
@@ -260,7 +257,7 @@ def evaluate_if_changed(run: FittedRun, cfg: Config, log: Log = _print) -> Path:
 
 
 def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+index", "rank"),
-                   evaluate: bool = False, log: Log = _print) -> dict[str, Any]:
+                   evaluate: bool = False) -> dict[str, Any]:
     """The later stages on the committed data and embed stages, in this process (a job's worker).
 
     Returns the pid it ran in, the indexes' shapes, and the report path and metrics when it evaluated."""
@@ -277,22 +274,22 @@ def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+i
     out: dict[str, Any] = {"pid": os.getpid()}
     run = FittedRun(store, bundle, vectors)
     if "cf+index" in stages or evaluate:
-        models = run.models = stage_candidates(store, cfg, bundle, vectors, log)
+        models = run.models = stage_candidates(store, cfg, bundle, vectors)
         out["tail_index"] = {"factory": models.tail_index.factory, "ntotal": models.tail_index.ntotal}
         out["full_index"] = {"factory": models.full_index.factory, "ntotal": models.full_index.ntotal}
     if "rank" in stages or evaluate:
-        run.ranker, run.blend = stage_rank(store, cfg, bundle, vectors, log)
+        run.ranker, run.blend = stage_rank(store, cfg, bundle, vectors)
         out["tail_share"] = run.blend.get("tail_share")
     store.update_manifest(timings=bundle.timings)
     if evaluate:
         if bundle.test is None:
             raise ValueError("evaluation needs the time split; drop --no-holdout")
-        out["report"] = str(evaluate_if_changed(run, cfg, log))
+        out["report"] = str(evaluate_if_changed(run, cfg))
         out["metrics"] = store.manifest().get("metrics", {}).get("ltray", {})
     return out
 
 
-def run(cfg: Config, artifacts: str, log: Log = _print, dataset: Dataset | None = None) -> Path:
+def run(cfg: Config, artifacts: str, dataset: Dataset | None = None) -> Path:
     """Split -> fit on train -> evaluate on test -> report (skipped when nothing it reads changed, as every
     stage is). Returns the report path."""
-    return evaluate_if_changed(fit(cfg, artifacts, holdout=True, log=log, dataset=dataset), cfg, log)
+    return evaluate_if_changed(fit(cfg, artifacts, holdout=True, dataset=dataset), cfg)

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from ltray.errors import LtrayError
@@ -58,8 +58,7 @@ def describe_address(address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, log_file: Path | None, verbose: bool,
-                say: Callable[[str], None]) -> Iterator[None]:
+def ray_session(address: str | None, log_file: Path | None, verbose: bool) -> Iterator[None]:
     """Ray started or joined for the body of a command (kept for the process, as ray.init always was).
 
     Quiet (not verbose, with a log_file): Ray's logs go to log_file until the body ends."""
@@ -79,7 +78,7 @@ def ray_session(address: str | None, log_file: Path | None, verbose: bool,
                 verb = {None: "start or join", "local": "start"}.get(address, "join")
                 raise ClusterError(f"could not {verb} a Ray cluster ({type(e).__name__}: {first_line(e)})",
                                    hint=_hint(log_file if quiet else None)) from e
-            say(_joined_or_started(ctx, address, log_file if quiet else None))
+            logger.info("%s", _joined_or_started(ctx, address, log_file if quiet else None))
         if quiet:
             stack.enter_context(_quiet_ray_data())
         yield

@@ -10,6 +10,7 @@ again on both halves.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,8 @@ from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 from ltray.threads import single_threaded
 from ltray.validation import TUNE_K, held_out, ranker_halves, user_recall
+
+log = logging.getLogger(__name__)
 
 _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
                "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
@@ -115,7 +118,7 @@ def blend_record(chosen: dict[str, Any], cf_metrics: dict[str, float], curve: li
             "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
 
 
-def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path, log) -> dict[str, Any]:
+def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path) -> dict[str, Any]:
     from ltray.rank.ranker import Ranker
     from ltray.rank.train import train_ctr
 
@@ -127,8 +130,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     users = np.array([u for u in np.unique(valid["user_id"].astype(str)) if gen.user_row(u) is not None])
     rng = np.random.default_rng(cfg.rank.seed)
     train_users, tune_users = ranker_halves(users, rng)
-    log(f"rank: candidate models on {len(fit_part):,} interactions; ranker learns from {len(train_users)} users, "
-        f"tail share is chosen on {len(tune_users)} others")
+    log.info("rank: candidate models on %s interactions; ranker learns from %d users, tail share is chosen on "
+             "%d others", f"{len(fit_part):,}", len(train_users), len(tune_users))
 
     def training_table(for_users: np.ndarray) -> pd.DataFrame:
         """Sampled, labelled candidates of `for_users`: their valid items are the positives."""
@@ -152,8 +155,8 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
         metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts,
                             in_process=in_process)
-        log(f"rank: {which}, validation AUC {metrics['val_auc']:.3f} after {metrics['epochs_run']} epochs "
-            f"({metrics['n_train']:,} samples{', in process' if in_process else ''})")
+        log.info("rank: %s, validation AUC %.3f after %s epochs (%s samples%s)", which, metrics["val_auc"],
+                 metrics["epochs_run"], f"{metrics['n_train']:,}", ", in process" if in_process else "")
         return metrics
 
     def choose(ranker_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -162,10 +165,10 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         curve, cf_metrics = operating_curve(rec, gen, valid, tune_users, cfg)
         chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                    objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
-        log(f"rank: ranker_weight {chosen['ranker_weight']:g}, tail_share {chosen['tail_share']:.2f}, "
-            f"cold_share {chosen['cold_share']:.2f}, quotas by {chosen['quota_by']} (validation "
-            f"Recall@{TUNE_K} {chosen[f'Recall@{TUNE_K}']:.4f} vs CF {cf_metrics[f'Recall@{TUNE_K}']:.4f}, "
-            f"TailRecall@{TUNE_K} {chosen[f'TailRecall@{TUNE_K}']:.4f})")
+        log.info("rank: ranker_weight %g, tail_share %.2f, cold_share %.2f, quotas by %s (validation "
+                 "Recall@%d %.4f vs CF %.4f, TailRecall@%d %.4f)", chosen["ranker_weight"], chosen["tail_share"],
+                 chosen["cold_share"], chosen["quota_by"], TUNE_K, chosen[f"Recall@{TUNE_K}"],
+                 cf_metrics[f"Recall@{TUNE_K}"], TUNE_K, chosen[f"TailRecall@{TUNE_K}"])
         return chosen, cf_metrics, curve
 
     table = training_table(train_users)
@@ -174,7 +177,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         # every validation user (twice the labels, less seed spread), with the same settings, on Ray
         # Train. The choice's ranker is thrown away, so it trains here, with the same loop, while the
         # kept one's workers start (Train's start-up is most of a small training's time).
-        log(f"rank: the kept ranker learns from all {len(users)} users")
+        log.info("rank: the kept ranker learns from all %d users", len(users))
         table_all = pd.concat([table, training_table(tune_users)], ignore_index=True)
         choice_dir = Path(out_dir) / "_choice"
         with ThreadPoolExecutor(1, thread_name_prefix="ltray-kept-ranker") as pool:

@@ -153,7 +153,7 @@ def serve_locally(artifacts: str | None, workdir: str) -> tuple[str, object]:
 
         artifacts = os.path.join(workdir, "art")
         print("fitting a small synthetic run (a minute or two)...", flush=True)
-        fit(load_config(overrides=SMALL_OVERRIDES), artifacts, log=lambda _m: None)
+        fit(load_config(overrides=SMALL_OVERRIDES), artifacts)
     serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
     serve.run(build_app({"artifacts": artifacts, "serve.topology": "colocated"}), name="ltray-docs-check",
               route_prefix=PREFIX, blocking=False)

@@ -69,5 +69,5 @@ def serve_artifacts(ray_cluster, small_config, tmp_path_factory) -> str:
     if os.environ.get("LTRAY_SERVE_TEST_ARTIFACTS"):  # a run fitted on small_config, to iterate faster
         return os.environ["LTRAY_SERVE_TEST_ARTIFACTS"]
     art = tmp_path_factory.mktemp("serve-run") / "art"
-    fit(small_config, str(art), log=lambda _msg: None)
+    fit(small_config, str(art))
     return str(art)

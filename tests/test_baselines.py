@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -400,7 +401,8 @@ def test_tuning_the_new_baselines_picks_from_their_grids(split):
     assert parts[0].train.shape == fit.shape and (parts[0].train != fit).nnz == 0
 
 
-def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, small_synthetic, monkeypatch, tmp_path):
+def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, small_synthetic, monkeypatch, tmp_path,
+                                                                     caplog):
     """run_baselines on the small catalog: every new row, its chosen parameters, ALS tuned once (the
     hybrids reuse it), EASE skipped cleanly above its guard; the report shows every row and note."""
     from ltray.config import load_config
@@ -424,7 +426,7 @@ def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, smal
     fits = []
     orig = B.ALSBaseline._fit
     monkeypatch.setattr(B.ALSBaseline, "_fit", lambda self, *a: (fits.append(self.params), orig(self, *a))[1])
-    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None, log=print)
+    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None)
     assert set(lists) == {"ALS", "ContentKNN", "EASE", "RP3beta", "ALS + tail quota", "ALS + text blend"}
     assert all(v.shape == (50, 20) for v in lists.values())
     # ALS: 2 grid points + the refit on train + one fit on the tuning split shared by both hybrids.
@@ -438,10 +440,10 @@ def test_run_baselines_tunes_the_hybrids_only_and_notes_every_choice(split, smal
                for n in notes)
     # Above its guard EASE is skipped with a log line and a note; the other rows are unaffected.
     cfg.cf.item.ease_max_items = 10
-    logs = []
-    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None, log=logs.append)
+    caplog.set_level(logging.INFO, logger="ltray")
+    lists, info = run_baselines(bundle, split["vectors"], cfg, users, None)
     assert "EASE" not in lists and "max_items 10" in info["EASE"]["skipped"]
-    assert any(line.startswith("eval: baseline EASE skipped:") for line in logs)
+    assert any(line.startswith("eval: baseline EASE skipped:") for line in caplog.messages)
     # The report: a row per baseline that ran, a note per baseline (the skipped one's says why).
     table = {name: {"Recall@20": 0.1, "TailRecall@20": 0.01} for name in lists}
     md, _ = write_report(tmp_path, dataset_name="synthetic", metrics_table=table,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ltray.config import load_config
+from ltray.logs import lines_to
 
 SMALL = [
     "data.synthetic.n_items=600", "data.synthetic.n_users=300", "data.synthetic.interactions_per_user=25",
@@ -34,7 +36,8 @@ def synthetic_run(ray_cluster, tmp_path_factory):
     cfg = load_config(overrides=MEDIUM)
     root = tmp_path_factory.mktemp("synthetic-run")
     logs: list[str] = []
-    report = run(cfg, str(root / "art"), log=logs.append)
+    with lines_to(logs.append):  # the lines the CLI prints (caplog is per test; this fixture is per module)
+        report = run(cfg, str(root / "art"))
     return cfg, root / "art", report, logs
 
 
@@ -86,15 +89,16 @@ def test_kept_ranker_learns_from_every_validation_user(synthetic_run):
     assert not (art / "rank" / "_choice").exists()
 
 
-def test_rerun_is_a_no_op(synthetic_run, ray_cluster):
+def test_rerun_is_a_no_op(synthetic_run, ray_cluster, caplog):
     from ltray.pipeline import fit
 
     cfg, art, _, _ = synthetic_run
     before = json.loads((art / "manifest.json").read_text())["stages"]
-    logs: list[str] = []
-    fit(cfg, str(art), holdout=True, log=logs.append)
+    caplog.set_level(logging.INFO, logger="ltray")
+    fit(cfg, str(art), holdout=True)
     after = json.loads((art / "manifest.json").read_text())["stages"]
-    assert all("skipped" in line for line in logs), logs
+    logs = [r.getMessage() for r in caplog.records if r.name.startswith("ltray")]
+    assert logs and all("skipped" in line for line in logs), logs
     for stage in ("data", "embed", "cf", "index", "rank"):
         assert after[stage]["version"] == before[stage]["version"]
 
@@ -185,7 +189,8 @@ def test_movielens_targets(ray_cluster, tmp_path_factory):
     # Only ALS among the baselines: these targets are against it (the quality matrix runs them all).
     cfg = load_config(overrides=["data.dataset=movielens-latest-small", "eval.baselines=[als]"])
     art = tmp_path_factory.mktemp("ml") / "art"
-    run(cfg, str(art), log=print)
+    with lines_to(print):
+        run(cfg, str(art))
     metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
     ours, als = metrics["ltray"], metrics["ALS"]
     print(json.dumps({k: {m: round(v, 4) for m, v in t.items() if "@20" in m} for k, t in metrics.items()}))
@@ -207,7 +212,8 @@ def test_amazon_office_targets(ray_cluster, tmp_path_factory):
 
     cfg = load_config(overrides=["data.dataset=amazon-office-2014-5core"])
     art = tmp_path_factory.mktemp("office") / "art"
-    run(cfg, str(art), log=print)
+    with lines_to(print):
+        run(cfg, str(art))
     metrics = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]
     v = verdict(metrics)
     print(json.dumps(v, default=str))

@@ -91,7 +91,8 @@ def tune_cf(train: pd.DataFrame, item_ids: np.ndarray, cfg: Config) -> tuple[CFC
     chosen = CFConfig.model_validate({**c.model_dump(), **als_point, "item": item_cfg.model_dump(), "mix": mix})
     record["seconds"] = round(time.monotonic() - t0, 1)
     record["validation_users"] = len(split.eval_rows)
-    log.info("cf: ALS %s, item-item %s, mix %.2f chosen on validation (%d users, %.0f s)", als_point,
+    # DEBUG: the cf stage's own line says the same (describe_choice).
+    log.debug("cf: ALS %s, item-item %s, mix %.2f chosen on validation (%d users, %.0f s)", als_point,
              item_best[0] if item_best else "none", mix, len(split.eval_rows), record["seconds"])
     return chosen, record
 

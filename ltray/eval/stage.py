@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from ltray.validation import grid_points
 if TYPE_CHECKING:  # the type only: the pipeline calls this stage, not the other way
     from ltray.pipeline import FittedRun
 
+log = logging.getLogger(__name__)
+
 K_MAX = 20
 
 
@@ -34,8 +37,8 @@ def _csr(df: pd.DataFrame, user_pos: dict[str, int], item_rows: np.ndarray, n_it
     return m
 
 
-def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, test_csr: sp.csr_matrix,
-                  log) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray,
+                  test_csr: sp.csr_matrix) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Each baseline tuned on a validation split carved from train, refit on train, lists for `users`.
 
     Runs the baselines named in ``cfg.eval.baselines``, plus ALS (the report's exposure charts compare
@@ -84,7 +87,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
             model.fit(train, item_vectors=vectors, train_ts=train_ts, item_segment=seg)
         except B.BaselineSkipped as err:
             info[name] = {"skipped": str(err)}
-            log(f"eval: baseline {name} skipped: {err}")
+            log.info("eval: baseline %s skipped: %s", name, err)
             return
         fitted[key] = model
         out[name] = model.recommend(rows, K_MAX)
@@ -92,7 +95,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         info[name] = {"params": params, "tuned": bool(grid), e.tune_metric: score,
                       "grid_points": len(grid_points(grid)) if grid else 0, "seconds": round(seconds, 2)}
         tuned = f", validation {e.tune_metric} {score:.4f}" if grid else ""
-        log(f"eval: baseline {name} {params or ''} ({seconds:.1f}s{tuned})")
+        log.info("eval: baseline %s %s (%.1fs%s)", name, params or "", seconds, tuned)
 
     singles = {
         "mostpop": ("MostPop", lambda **p: B.MostPop()),
@@ -113,8 +116,8 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
         if e.tune and any(grids.get(k) for k in hybrids):
             tune_parts = (B.ALSBaseline(**als_p).fit(fit_csr, vectors, fit_ts),
                           B.ContentKNN(**text_p).fit(fit_csr, vectors, fit_ts))
-            log(f"eval: the hybrids' ALS and ContentKNN fitted on the tuning split "
-                f"({time.perf_counter() - t0:.1f}s)")
+            log.info("eval: the hybrids' ALS and ContentKNN fitted on the tuning split (%.1fs)",
+                     time.perf_counter() - t0)
         final_parts = (fitted["als"], fitted["contentknn"])
         if "als_tail_quota" in hybrids:
             run("als_tail_quota", "ALS + tail quota",
@@ -132,7 +135,7 @@ def run_baselines(bundle, vectors: np.ndarray, cfg: Config, users: np.ndarray, t
             out["LightFM WARP"] = lf.recommend(rows, K_MAX)
             info["LightFM WARP"] = {"params": lf.params, "tuned": False}
         else:
-            log("eval: LightFM is not installed (pip install 'ltray[lightfm]'); skipped")
+            log.info("eval: LightFM is not installed (pip install 'ltray[lightfm]'); skipped")
     return out, info
 
 
@@ -159,7 +162,7 @@ def _ts_matrix(df, upos, item_rows, n_items) -> sp.csr_matrix:
     return m
 
 
-def stage_eval(run: FittedRun, cfg: Config, log) -> Any:
+def stage_eval(run: FittedRun, cfg: Config) -> Any:
     from ltray.cf.tune import describe_choice
     from ltray.eval.report import write_report
     from ltray.eval.verdict import sentence, verdict
@@ -193,7 +196,7 @@ def stage_eval(run: FittedRun, cfg: Config, log) -> Any:
         m = evaluate(lists[BlendSetting(tail_share=s)], test_csr, seg, pop, ks=(K_MAX,))
         curve.append({"tail_share": s, f"Recall@{K_MAX}": m[f"Recall@{K_MAX}"],
                       f"TailRecall@{K_MAX}": m[f"TailRecall@{K_MAX}"]})
-    base_lists, base_info = run_baselines(bundle, vectors, cfg, users, test_csr, log)
+    base_lists, base_info = run_baselines(bundle, vectors, cfg, users, test_csr)
     # A skipped baseline (EASE above cf.item.ease_max_items) has no row: the metrics table holds numbers
     # only (ltray.eval.verdict reads every row); the report's notes and metrics.json say why.
     for name, recs in base_lists.items():
@@ -232,8 +235,9 @@ def stage_eval(run: FittedRun, cfg: Config, log) -> Any:
     store.update_manifest(metrics={k: {m: v for m, v in t.items() if "@20" in m} for k, t in table.items()},
                           timings=timings)
     report = store.shown_path("eval") / "report.html"
-    log(f"eval: Recall@20 {table['ltray']['Recall@20']:.4f}, TailRecall@20 {table['ltray']['TailRecall@20']:.4f}, "
-        f"ColdRecall@20 {table['ltray']['ColdRecall@20']:.4f}, Coverage@20 {table['ltray']['Coverage@20']:.3f}")
+    row = table["ltray"]
+    log.info("eval: Recall@20 %.4f, TailRecall@20 %.4f, ColdRecall@20 %.4f, Coverage@20 %.3f", row["Recall@20"],
+             row["TailRecall@20"], row["ColdRecall@20"], row["Coverage@20"])
     return report
 
 
