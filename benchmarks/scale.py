@@ -178,14 +178,12 @@ def run_size(n: int, args, root: Path) -> dict:
         rows["embed"].update(seconds=stats["sample_seconds"] / args.embed_sample * n, sample=args.embed_sample,
                              sample_seconds=stats["sample_seconds"], sample_items_per_s=stats["items_per_s"])
     else:
-        measure("embed", lambda: p.commit_embed(store, cfg, lambda msg: None))
-    measure("cf+index", lambda: on_worker(p.fit_from_store, cfg, uri, ("cf+index",), store=store,
-                                          log=lambda msg: None))
+        measure("embed", lambda: p.commit_embed(store, cfg))
+    measure("cf+index", lambda: on_worker(p.fit_from_store, cfg, uri, ("cf+index",), store=store))
     built = measure("index only", lambda: on_worker(index_only, cfg, uri, store=store))
     rows["index only"].update(seconds=built["seconds"], factory=built["factory"])
     if n <= args.rank_max_items:
-        measure("rank", lambda: on_worker(p.fit_from_store, cfg, uri, ("rank",), store=store,
-                                          log=lambda msg: None))
+        measure("rank", lambda: on_worker(p.fit_from_store, cfg, uri, ("rank",), store=store))
     return {"n": n, "users": n_users, "interactions": counts["train"], "stages": rows}
 
 
