@@ -95,7 +95,8 @@ def plain_loop(enc: TextEncoder, texts: list[str], sort: bool, bs: int) -> tuple
 
 
 def ray_stage(items, cfg: EmbedConfig) -> tuple[dict, np.ndarray]:
-    from ltray.embed.stage import embed_items, load_embeddings
+    from ltray.embed.items import load_embeddings
+    from ltray.embed.stage import embed_items
 
     with tempfile.TemporaryDirectory(prefix="ltray-embed-bench-") as d:
         c0 = time.process_time()

@@ -92,7 +92,7 @@ def commit_stand_in_embed(store, bundle, vectors: np.ndarray, cfg, note: str) ->
     import pyarrow as pa
 
     from ltray.embed.encoder import text_hash
-    from ltray.embed.stage import write_shards
+    from ltray.embed.items import write_shards
 
     d = vectors.shape[1]
     table = pa.table({
@@ -110,7 +110,8 @@ def embed_sample_with_stand_ins(cfg, uri: str, sample_n: int, tmp: str) -> dict:
     """In a Ray task: embed ``sample_n`` sampled items on the real Ray Data stage, commit stand-ins for the rest."""
     from ltray import pipeline as p
     from ltray.artifacts import ArtifactStore
-    from ltray.embed.stage import embed_items, load_embeddings
+    from ltray.embed.items import load_embeddings
+    from ltray.embed.stage import embed_items
 
     store = ArtifactStore(uri)
     bundle = p.load_bundle(store)
@@ -130,7 +131,7 @@ def index_only(cfg, uri: str) -> dict:
     """In a Ray task: the FAISS tail and full indexes alone, timed without the loading."""
     from ltray import pipeline as p
     from ltray.artifacts import ArtifactStore
-    from ltray.embed.stage import load_embeddings
+    from ltray.embed.items import load_embeddings
     from ltray.index.faiss_index import build_tail_and_full
 
     store = ArtifactStore(uri)

@@ -78,7 +78,7 @@ class Artifacts:
 
     @cached_property
     def vectors(self) -> np.ndarray:
-        from ltray.embed.stage import load_embeddings
+        from ltray.embed.items import load_embeddings
 
         return load_embeddings(self.store.stage_path("embed"), self.item_ids)
 

@@ -110,7 +110,7 @@ def commit_embed(store: ArtifactStore, cfg: Config) -> dict[str, Any]:
 
 
 def stage_embed(store: ArtifactStore, cfg: Config, bundle: Bundle) -> np.ndarray:
-    from ltray.embed.stage import STAGE, fingerprint, load_embeddings
+    from ltray.embed.items import STAGE, fingerprint, load_embeddings
 
     t0 = time.perf_counter()
     # The catalog is in this process already: check it here rather than in a Ray task (seconds to start).
@@ -263,7 +263,7 @@ def fit_from_store(cfg: Config, artifacts: str, stages: tuple[str, ...] = ("cf+i
     Returns the pid it ran in, the indexes' shapes, and the report path and metrics when it evaluated."""
     import os
 
-    from ltray.embed.stage import load_embeddings
+    from ltray.embed.items import load_embeddings
 
     store = ArtifactStore(artifacts)
     for needed in ("data", "embed"):

@@ -257,7 +257,7 @@ def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None =
     """The Recommender a run folder describes (what Serve, `ltray recommend` and evaluation read back).
 
     `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
-    from ltray.embed.stage import load_embeddings
+    from ltray.embed.items import load_embeddings
     from ltray.rank.ranker import Ranker
     from ltray.text_mining import item_keywords
 

@@ -13,19 +13,14 @@ import pytest
 from ltray.artifacts import ArtifactStore
 from ltray.config import Config, EmbedConfig
 from ltray.embed.encoder import TextEncoder
+from ltray.embed.items import EmbedError, item_keys, load_embeddings, prepare_items, previous_keys, signature
 from ltray.embed.stage import (
-    EmbedError,
     PoolSpec,
     actor_batch_rows,
     actor_pool_spec,
     embed_items,
-    item_keys,
     length_stratum,
-    load_embeddings,
-    prepare_items,
-    previous_keys,
     run_embed,
-    signature,
     todo_blocks,
 )
 
@@ -221,14 +216,12 @@ def test_actor_calls_cut_a_block_evenly():
 def test_one_row_group_is_cut_into_a_block_per_actor_share(ray_cluster, items, tmp_path):
     """A catalog in one Parquet row group still reaches the actor pool as many blocks: a block goes to one
     actor whole, and one block for the catalog left the second actor idle (0.51x the plain loop)."""
-    import ray
-
     from ltray.embed.stage import _on_this_node
 
     path = tmp_path / "items.parquet"
     pq.write_table(pa.Table.from_pandas(items, preserve_index=False), path)  # one row group
     assert pq.ParquetFile(path).num_row_groups == 1
-    ds = todo_blocks(ray, path, _cfg(), 25, None, _on_this_node()).materialize()
+    ds = todo_blocks(path, _cfg(), 25, None, _on_this_node()).materialize()
     assert ds.num_blocks() == -(-len(items) // 25)
     got = ds.to_pandas()
     assert sorted(got["item_id"]) == sorted(items["item_id"]) and (got.groupby("item_id").size() == 1).all()

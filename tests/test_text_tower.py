@@ -199,7 +199,8 @@ def test_torch_trainer_lora_run_reports_val_auc_and_exports(lora_run):
 
 
 def test_ray_data_stage_re_embeds_with_the_exported_encoder(lora_run, small_synthetic, tmp_path):
-    from ltray.embed.stage import embed_items, load_embeddings
+    from ltray.embed.items import load_embeddings
+    from ltray.embed.stage import embed_items
 
     folder = lora_run["metrics"]["text_encoder"]
     items = small_synthetic.items[["item_id", "text"]].iloc[:40].reset_index(drop=True)

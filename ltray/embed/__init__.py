@@ -1,7 +1,5 @@
-"""Item text -> L2-normalised vectors: the encoder (plain torch) and the Ray Data stage.
-
-``ltray.embed.stage`` imports Ray; import it from there (``embed_items``, ``run_embed``,
-``load_embeddings``) so that the encoder stays usable without a cluster.
+"""Item text -> L2-normalised vectors: the encoder (plain torch), the stage's input rules and artifact
+(``ltray.embed.items``, no Ray) and the Ray Data stage (``ltray.embed.stage``, the only one importing Ray).
 """
 
 from ltray.embed.device import Hardware, choose_device, choose_dtype

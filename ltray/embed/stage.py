@@ -1,28 +1,16 @@
-"""The catalog embedding stage: Parquet items -> Ray Data actor pool -> Parquet shards of vectors.
+"""The catalog embedding stage on Ray: Parquet items -> Ray Data actor pool -> Parquet shards of vectors.
 
-The only module of ``ltray.embed`` that imports Ray (lazily, inside the functions that run it).
-Streaming: the items are read as Parquet in blocks of at most ``embed.block_rows``, encoded on the
-actor pool and written as shards by Ray Data write tasks; the driver holds neither texts nor
-vectors, only small summaries. Carry-over compares one uint64 key per (item_id, text_hash): a Ray
-task scans the catalog and the previous artifact into sorted key arrays (8 bytes per item, in the
-object store), workers filter their batches against them. Sizing (``actor_pool_spec``), the keys
-and the input policy are plain functions, testable without a cluster.
-
-Output folder::
-
-    part-00000.parquet ...   item_id (string), embedding (fixed_size_list<float32>[d]),
-                             text_hash (string), model_id (string); new rows in catalog order,
-                             then carried-over rows in the previous artifact's order
-    embed.json               model, dim, count, encoded, carried_over, truncated, items_per_s, ...
+The only module of ``ltray.embed`` that imports Ray (what it reads and writes is in ``ltray.embed.items``).
+Streamed in blocks of at most ``embed.block_rows``: the driver holds neither texts nor vectors, only
+summaries and ObjectRefs to the sorted key arrays that workers filter their batches against.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,20 +20,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 
 from ltray.config import Config, EmbedConfig
-from ltray.embed.encoder import TextEncoder, model_id_of, resolve_model, text_hash
-from ltray.errors import LtrayError
-
-STAGE = "embed"
-MANIFEST_FILE = "embed.json"
-# What must match, besides text and model, for an old vector to stand for a new one.
-# dtype is left out on purpose: bf16/fp16 vectors keep cosine >= 0.999 to fp32 ones.
-SIGNATURE_FIELDS = ("pooling", "max_length")
-
-
-class EmbedError(LtrayError, ValueError):
-    """Bad input to the embedding stage, or a previous artifact that cannot be used."""
+from ltray.embed.encoder import TextEncoder, text_hash
+from ltray.embed.items import (
+    MANIFEST_FILE,
+    STAGE,
+    EmbedError,
+    check_items,
+    fingerprint,
+    fingerprint_of_digest,
+    item_keys,
+    parquet_files,
+    previous_keys,
+    scan_items,
+    signature,
+    write_shards,
+)
 
 
 # -- sizing -------------------------------------------------------------------------------------
@@ -91,131 +83,6 @@ def actor_batch_rows(block_rows: int, cfg: EmbedConfig) -> int:
     return max(1, math.ceil(block_rows / calls))
 
 
-# -- input policy -------------------------------------------------------------------------------
-def prepare_items(items: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
-    """item_id/text as strings, blank text filled or refused, with the text_hash column."""
-    missing = {"item_id", "text"} - set(items.columns)
-    if missing:
-        raise EmbedError(f"items need columns item_id and text; missing {sorted(missing)}")
-    out = pd.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(),
-                        "text": items["text"].fillna("").astype(str).to_numpy()})
-    if out["item_id"].duplicated().any():
-        dup = out.loc[out["item_id"].duplicated(), "item_id"].iloc[0]
-        raise EmbedError(f"duplicate item_id {dup!r} in the items to embed")
-    blank = out["text"].str.strip() == ""
-    if blank.any():
-        if cfg.empty_text == "error":
-            ids = out.loc[blank, "item_id"].tolist()
-            raise EmbedError(f"{len(ids)} item(s) have empty text, e.g. {ids[:5]} "
-                             "(set embed.empty_text=fill to encode embed.empty_text_fill instead)")
-        out.loc[blank, "text"] = cfg.empty_text_fill
-    out["text_hash"] = text_hash(out["text"].tolist())
-    out.attrs["empty"] = int(blank.sum())
-    return out
-
-
-def model_id_for(cfg: EmbedConfig) -> str:
-    """The model id a TextEncoder would report, without loading the weights."""
-    path, is_local = resolve_model(cfg.model)
-    return model_id_of(path, is_local)
-
-
-def signature(cfg: EmbedConfig) -> dict[str, Any]:
-    return {"model_id": model_id_for(cfg), **{f: getattr(cfg, f) for f in SIGNATURE_FIELDS}}
-
-
-# -- keys: what carry-over compares -------------------------------------------------------------
-def item_keys(item_ids: Sequence[str], hashes: Sequence[str]) -> np.ndarray:
-    """One uint64 per (item_id, text_hash): the first 8 bytes of their sha1 (collisions ~2^-64)."""
-    out = np.empty(len(item_ids), dtype=np.uint64)
-    for i, (iid, th) in enumerate(zip(item_ids, hashes, strict=True)):
-        out[i] = int.from_bytes(hashlib.sha1(f"{iid}\x1f{th}".encode()).digest()[:8], "little")
-    return out
-
-
-def _prepare_table(table: pa.Table, fill: str) -> pa.Table:
-    """item_id / text as strings, blank text filled, text_hash and key added (one Ray Data batch)."""
-    ids = table.column("item_id").cast(pa.string()).to_pylist()
-    texts = ["" if t is None else str(t) for t in table.column("text").to_pylist()]
-    texts = [fill if not t.strip() else t for t in texts]
-    hashes = text_hash(texts)
-    return pa.table({"item_id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-                     "text_hash": pa.array(hashes, pa.string()),
-                     "key": pa.array(item_keys(ids, hashes), pa.uint64())})
-
-
-def scan_items(path: str | Path, cfg: EmbedConfig, batch_rows: int = 65_536) -> tuple[np.ndarray, dict[str, Any]]:
-    """One streaming pass over an items Parquet file or folder: input policy, keys and a digest.
-
-    Returns the sorted keys of every (item_id, text_hash) and ``{count, empty, digest}``; the digest
-    is what ``fingerprint`` hashes, so a file and the same DataFrame give the same fingerprint. Runs
-    in a Ray task (``embed_items``): it holds 8 bytes per item, never the texts of the whole catalog.
-    """
-    files = _parquet_files(path)
-    digest, keys, id_keys = hashlib.sha256(), [], []
-    count = empty = 0
-    blank_ids: list[str] = []
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=["item_id", "text"]):
-            raw = ["" if t is None else str(t) for t in batch.column("text").to_pylist()]
-            blank = [not t.strip() for t in raw]
-            ids = pa.array(batch.column("item_id")).cast(pa.string()).to_pylist()
-            if any(blank):
-                empty += int(sum(blank))
-                blank_ids += [i for i, b in zip(ids, blank, strict=True) if b][:5 - len(blank_ids)]
-            texts = [cfg.empty_text_fill if b else t for t, b in zip(raw, blank, strict=True)]
-            hashes = text_hash(texts)
-            for iid, th in zip(ids, hashes, strict=True):
-                digest.update(f"{iid}\x1f{th}\x1e".encode())
-            keys.append(item_keys(ids, hashes))
-            id_keys.append(item_keys(ids, [""] * len(ids)))
-            count += len(ids)
-    if empty and cfg.empty_text == "error":
-        raise EmbedError(f"{empty} item(s) have empty text, e.g. {blank_ids} "
-                         "(set embed.empty_text=fill to encode embed.empty_text_fill instead)")
-    all_ids = np.sort(np.concatenate(id_keys)) if id_keys else np.zeros(0, np.uint64)
-    if len(all_ids) and (all_ids[1:] == all_ids[:-1]).any():
-        dup = _first_duplicate_id(files, all_ids[1:][all_ids[1:] == all_ids[:-1]][0])
-        raise EmbedError(f"duplicate item_id {dup!r} in the items to embed")
-    del all_ids, id_keys
-    out = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
-    return out, {"count": count, "empty": empty, "digest": digest.hexdigest()}
-
-
-def _first_duplicate_id(files: list[Path], key: np.uint64) -> str:
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(columns=["item_id"]):
-            ids = pa.array(batch.column("item_id")).cast(pa.string()).to_pylist()
-            hit = np.flatnonzero(item_keys(ids, [""] * len(ids)) == key)
-            if len(hit):
-                return ids[hit[0]]
-    return "?"
-
-
-def previous_keys(previous_dir: Path | None, sig: dict[str, Any]) -> np.ndarray | None:
-    """Sorted keys of the previous artifact's rows made with ``sig``'s model; None when none is usable."""
-    if previous_dir is None or not Path(previous_dir).exists():
-        return None
-    old_sig = read_manifest(previous_dir).get("signature", {})
-    if any(old_sig.get(k) != v for k, v in sig.items()):
-        return None
-    keys = []
-    for f in _parquet_files(previous_dir, "part-*.parquet"):
-        t = pq.read_table(f, columns=["item_id", "text_hash", "model_id"])
-        ok = np.asarray(pc.equal(t.column("model_id"), sig["model_id"]).to_numpy(zero_copy_only=False), bool)
-        ids = t.column("item_id").to_numpy(zero_copy_only=False)[ok]
-        keys.append(item_keys(ids.tolist(), t.column("text_hash").to_numpy(zero_copy_only=False)[ok].tolist()))
-    return np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
-
-
-def _parquet_files(path: str | Path, pattern: str = "*.parquet") -> list[Path]:
-    path = Path(path)
-    files = sorted(path.glob(pattern)) if path.is_dir() else [path]
-    if not files or not files[0].exists():
-        raise EmbedError(f"no Parquet files ({pattern}) at {path}")
-    return files
-
-
 def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     if not len(sorted_keys):
         return np.zeros(len(keys), bool)
@@ -228,8 +95,6 @@ _KEYS_CACHE: dict[str, np.ndarray] = {}
 
 def _keys_from(ref_box: list) -> np.ndarray:
     """The key array behind an ObjectRef (boxed in a list so that Ray does not resolve it early), cached."""
-    import ray
-
     ref = ref_box[0]
     hit = _KEYS_CACHE.get(ref.hex())
     if hit is None:
@@ -244,14 +109,15 @@ STAT_COLUMNS = ("truncated", "tokens", "batch_start", "batch_end", "cpu_s", "car
 
 def _prepare_todo(batch: pa.Table, fill: str, old_keys: list | None) -> pa.Table:
     """Prepare a batch of catalog rows and drop those the previous artifact already holds."""
-    t = _prepare_table(batch, fill)
+    t, _ = check_items(batch, fill)
+    hashes = text_hash(t.column("text").to_pylist())
+    t = t.append_column("text_hash", pa.array(hashes, pa.string()))
     if old_keys is not None:
-        keep = ~_in_sorted(t.column("key").to_numpy(), _keys_from(old_keys))
-        t = t.filter(pa.array(keep))
+        keys = item_keys(t.column("item_id").to_pylist(), hashes)
+        t = t.filter(pa.array(~_in_sorted(keys, _keys_from(old_keys))))
     # Rows ordered by text length: each actor batch then holds texts of about one length, so its
     # forward passes pad as little as a loop over the whole catalog sorted by length.
-    t = t.take(pc.sort_indices(pc.utf8_length(t.column("text"))))
-    return t.drop_columns(["key"])
+    return t.take(pc.sort_indices(pc.utf8_length(t.column("text"))))
 
 
 def _carried_rows(batch: pa.Table, new_keys: list, model_id: str) -> pa.Table:
@@ -319,6 +185,10 @@ def _normalise(table: pa.Table) -> pa.Table:
                      "text_hash": table.column("text_hash").cast(pa.string())})
 
 
+def pc_sum(col: pa.ChunkedArray) -> int:
+    return int(pc.sum(col.cast(pa.int64())).as_py() or 0)
+
+
 def _shard_sink(out_dir: Path, model_id: str, rows_per_file: int):
     """A Ray Data Datasink: each write task writes one ``part-<task>.parquet`` and returns its stats.
 
@@ -367,50 +237,37 @@ def _shard_sink(out_dir: Path, model_id: str, rows_per_file: int):
 # -- the stage ----------------------------------------------------------------------------------
 def _on_this_node() -> dict[str, Any]:
     """Ray remote args that keep a task on the driver's node (where the stage's local folders are)."""
-    import ray
-
     # num_cpus=0: reads, filters and writes are light, and the actor pool may hold every CPU. The node-id
     # label pins them (Ray's named form; a scheduling_strategy here is a deprecated ray_remote_arg).
     return {"num_cpus": 0, "label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
 
 
-def _write_input(items: pd.DataFrame, folder: Path, rows: int) -> Path:
-    """A DataFrame handed in by the caller becomes Parquet, so that one streaming path serves both."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(),
-                          "text": items["text"].to_numpy(dtype=object)})
-    missing = {"item_id", "text"} - set(items.columns)
-    if missing:
-        raise EmbedError(f"items need columns item_id and text; missing {sorted(missing)}")
-    for i, start in enumerate(range(0, max(len(frame), 1), rows)):
-        part = frame.iloc[start:start + rows]
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / f"part-{i:05d}.parquet",
-                       row_group_size=rows)
-    return folder
-
-
-def _scan(source: Path, cfg: EmbedConfig, sig: dict[str, Any], previous_dir: Path | None):
-    """Run the scans in Ray tasks; the driver gets the summaries and ObjectRefs to the key arrays."""
-    import ray
-
-    pin = _on_this_node()
-    scan = ray.remote(scan_items).options(num_returns=2, **pin)
-    new_keys, summary = scan.remote(str(source), cfg)
-    old_keys = overlap = None
-    if previous_dir is not None and Path(previous_dir).exists():
-        old_keys = ray.remote(previous_keys).options(**pin).remote(Path(previous_dir), sig)
-        overlap = ray.remote(_overlap).remote(new_keys, old_keys)
+def _get(refs):
+    """``ray.get``, raising an EmbedError that a task raised as itself, not wrapped in Ray's RayTaskError."""
     try:
-        summary = ray.get(summary)
-        carried = int(ray.get(overlap)) if overlap is not None else 0
+        return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, EmbedError):
             raise e.cause from None
         raise
+
+
+_scan_task = ray.remote(num_returns=2)(scan_items)
+
+
+def _scan(source: Path, cfg: EmbedConfig, sig: dict[str, Any], previous_dir: Path | None):
+    """Run the scans in Ray tasks; the driver gets the summaries and ObjectRefs to the key arrays."""
+    new_keys, summary = _scan_task.options(**_on_this_node()).remote(str(source), cfg)
+    old_keys = overlap = None
+    if previous_dir is not None and Path(previous_dir).exists():
+        old_keys = ray.remote(previous_keys).options(**_on_this_node()).remote(Path(previous_dir), sig)
+        overlap = ray.remote(_overlap).remote(new_keys, old_keys)
+    summary = _get(summary)
+    carried = int(_get(overlap)) if overlap is not None else 0
     return new_keys, old_keys if carried else None, summary, carried
 
 
-def _read_row_groups(ray, files: list[Path], columns: list[str], pin: dict[str, Any], slice_rows: int | None = None,
+def _read_row_groups(files: list[Path], columns: list[str], pin: dict[str, Any], slice_rows: int | None = None,
                      by_length: bool = False):
     """A Dataset of Parquet row groups (or slices of at most ``slice_rows`` of them), read by CPU-less
     tasks on this node: each slice is one block.
@@ -440,12 +297,12 @@ def _read_row_groups(ray, files: list[Path], columns: list[str], pin: dict[str, 
         _read_fragment, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": columns}, **pin)
 
 
-def todo_blocks(ray, source: Path, cfg: EmbedConfig, block_rows: int, old_keys: np.ndarray | None,
+def todo_blocks(source: Path, cfg: EmbedConfig, block_rows: int, old_keys: np.ndarray | None,
                 pin: dict[str, Any]):
     """The catalog rows still to encode, prepared, as blocks of at most block_rows (one per read slice)."""
     # batch_size=None: one call per read slice. A row count here would fuse with the read and bundle
     # that many *slices* into one task, i.e. one block for the whole catalog.
-    return (_read_row_groups(ray, _parquet_files(source), ["item_id", "text"], pin, slice_rows=block_rows,
+    return (_read_row_groups(parquet_files(source), ["item_id", "text"], pin, slice_rows=block_rows,
                              by_length=True)
             .map_batches(_prepare_todo, batch_format="pyarrow", batch_size=None, **pin,
                          fn_kwargs={"fill": cfg.empty_text_fill,
@@ -481,28 +338,25 @@ def embed_items(items: pd.DataFrame | str | Path, cfg: EmbedConfig, out_dir: Pat
     the texts nor the vectors of the catalog), or a DataFrame (written to Parquet in ``out_dir``
     first). Ray must be initialised by the caller. Returns the stats also written to ``embed.json``.
     """
-    import ray
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = None
-    if isinstance(items, pd.DataFrame):
-        scratch = _write_input(items, out_dir / "_input", cfg.block_rows)
+    if isinstance(items, pd.DataFrame):  # to Parquet (one streaming path); blank text stays, for the scan
+        scratch = out_dir / "_input"
+        write_shards(check_items(items, None)[0], scratch, cfg.block_rows)
     source = scratch or Path(items)
     try:
-        stats = _embed_parquet(source, cfg, out_dir, previous_dir, ray)
+        stats = _embed_parquet(source, cfg, out_dir, previous_dir)
     finally:
         if scratch is not None:
-            import shutil
-
             shutil.rmtree(scratch, ignore_errors=True)
     stats["seconds"] = round(time.perf_counter() - t_start, 3)
     (out_dir / MANIFEST_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
     return stats
 
 
-def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: Path | None, ray) -> dict:
+def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: Path | None) -> dict:
     sig = signature(cfg)
     new_keys, old_keys, summary, carried = _scan(source, cfg, sig, previous_dir)
     count = summary["count"]
@@ -515,14 +369,14 @@ def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: 
     block_rows = max(1, min(cfg.block_rows, math.ceil(max(todo_n, 1) / (spec.num_actors * cfg.blocks_per_actor))))
     parts = []
     if todo_n:
-        todo = (todo_blocks(ray, source, cfg, block_rows, old_keys, pin)
+        todo = (todo_blocks(source, cfg, block_rows, old_keys, pin)
                 .map_batches(_EmbedBatch, fn_constructor_kwargs={"cfg": cfg.model_dump(), "threads": spec.threads},
                              batch_size=actor_batch_rows(block_rows, cfg),
                              batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=spec.num_actors),
                              num_cpus=spec.num_cpus_per_actor, num_gpus=spec.num_gpus_per_actor))
         parts.append(todo)
     if carried:
-        parts.append(_read_row_groups(ray, _parquet_files(previous_dir, "part-*.parquet"),
+        parts.append(_read_row_groups(parquet_files(previous_dir, "part-*.parquet"),
                                       ["item_id", "embedding", "text_hash", "model_id"], pin)
                      .map_batches(_carried_rows, batch_format="pyarrow", batch_size=None, **pin,
                                   fn_kwargs={"new_keys": [new_keys], "model_id": sig["model_id"]}))
@@ -560,77 +414,11 @@ def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: 
     }
 
 
-# -- previous artifacts and driver-side helpers ---------------------------------------------------
-def _read_dir(path: Path, columns: list[str] | None = None) -> pa.Table:
-    files = sorted(Path(path).glob("part-*.parquet"))
-    if not files:
-        raise EmbedError(f"no embedding shards (part-*.parquet) in {path}")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    f = Path(path) / MANIFEST_FILE
-    if not f.exists():
-        raise EmbedError(f"{f} is missing: {path} is not an embedding artifact")
-    return json.loads(f.read_text(encoding="utf-8"))
-
-
-def write_shards(table: pa.Table, out_dir: Path, shard_rows: int) -> list[str]:
-    """Write an in-memory table as shards (benchmarks' stand-in vectors; the stage writes from workers)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i, start in enumerate(range(0, max(table.num_rows, 1), shard_rows)):
-        name = f"part-{i:05d}.parquet"
-        pq.write_table(table.slice(start, shard_rows), out_dir / name)
-        names.append(name)
-    return names
-
-
-def pc_sum(col: pa.ChunkedArray) -> int:
-    return int(pc.sum(col.cast(pa.int64())).as_py() or 0)
-
-
-def load_embeddings(path: Path, item_ids: Sequence[str]) -> np.ndarray:
-    """float32 (len(item_ids), d), row i = the vector of item_ids[i] (reads every shard into memory)."""
-    table = _read_dir(Path(path), columns=["item_id", "embedding"])
-    have = pd.Series(np.arange(table.num_rows), index=table.column("item_id").to_numpy(zero_copy_only=False))
-    want = pd.Index([str(i) for i in item_ids])
-    missing = want.difference(have.index)
-    if len(missing):
-        raise EmbedError(f"{len(missing)} item(s) have no embedding in {path}, e.g. {list(missing[:5])}")
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    vecs = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return np.ascontiguousarray(vecs[have.loc[want].to_numpy()], dtype=np.float32)
-
-
 # -- with the artifact store --------------------------------------------------------------------
-def fingerprint(items: pd.DataFrame, cfg: EmbedConfig) -> str:
-    """Everything the output depends on: vector-shaping config, the model, every item's id and text."""
-    prepared = prepare_items(items, cfg)
-    h = hashlib.sha256()
-    for iid, th in zip(prepared["item_id"], prepared["text_hash"], strict=True):
-        h.update(f"{iid}\x1f{th}\x1e".encode())
-    return _fingerprint_of_digest(h.hexdigest(), cfg)
-
-
-def _fingerprint_of_digest(digest: str, cfg: EmbedConfig) -> str:
-    from ltray.artifacts import fingerprint_of
-
-    return fingerprint_of({"signature": signature(cfg), "dtype": cfg.dtype, "items": digest})
-
-
 def fingerprint_of_file(path: str | Path, cfg: EmbedConfig) -> str:
     """``fingerprint`` of an items Parquet file or folder, computed by a Ray task streaming over it."""
-    import ray
-
-    try:
-        _, summary = ray.remote(scan_items).options(num_returns=2, **_on_this_node()).remote(str(path), cfg)
-        return _fingerprint_of_digest(ray.get(summary)["digest"], cfg)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, EmbedError):
-            raise e.cause from None
-        raise
+    _, summary = _scan_task.options(**_on_this_node()).remote(str(path), cfg)
+    return fingerprint_of_digest(_get(summary)["digest"], cfg)
 
 
 def run_embed(store, items: pd.DataFrame | str | Path, cfg: Config) -> dict[str, Any]:
@@ -639,9 +427,6 @@ def run_embed(store, items: pd.DataFrame | str | Path, cfg: Config) -> dict[str,
     ``items``: a DataFrame (item_id, text) or, to keep the catalog off the driver, a Parquet file or
     folder (the data stage's ``items.parquet``).
     """
-    import ray
-
-    # Callers (CLI, jobs, pipeline) normally start or join a cluster; a bare call still works.
     if isinstance(items, pd.DataFrame):
         fp = fingerprint(items, cfg.embed)
         if store.is_current(STAGE, fp):
