@@ -9,16 +9,15 @@ Each stage opens the artifact store at a URI and loads only what it needs:
   tail and bridge candidates merged with the CF part; `/similar` and `/search`.
 - `RankStage` (CTRRanker): FeatureBuilder + CTR model -> scores -> tail-aware blend + reasons.
 
-They call the library's own pieces (`CandidateGenerator.recall_parts` / `merge_parts`, the
-`Recommender`'s scoring, `blend` and `Explainer`), so the composition gives what the in-process
-`Recommender` gives. What passes between them is small and plain: a user state (one factor and one
-profile vector, a few item rows), candidate columns (numpy arrays of item rows, flags and scores) and
-the top k as columns -- no DataFrames, never the item matrices.
+Each runs one step of the library's one recommendation path (`Recommender.recommend_many`:
+`CandidateGenerator.state` + `recall_cf`, `retrieve`, `Recommender.rank_many`), so the chain gives what
+the in-process `Recommender` gives. What passes between them is small and plain: a user state (one
+factor and one profile vector, a few item rows), candidate columns and the top k as columns -- no
+DataFrames, never the item matrices.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -28,13 +27,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore
-from ltray.candidates import CandidateGenerator, CandidateModels, Columns
+from ltray.candidates import CandidateGenerator, CandidateModels, CandidateTable, Part
 from ltray.config import Config, ServeConfig
 from ltray.data.segments import HEAD
 from ltray.threads import limit_threads
-from ltray.user_state import UserState
-
-Part = tuple[str, np.ndarray, np.ndarray]
+from ltray.user_state import Ask, UserState
 
 
 def artifacts_version(store: ArtifactStore) -> str:
@@ -58,6 +55,7 @@ class Artifacts:
         # Stage logic follows the config the run was fitted with; only the serve section is ours.
         self.cfg = cfg.model_copy(update={"serve": serve}) if serve is not None else cfg
         self.version = artifacts_version(self.store)
+        self._models: dict[bool, CandidateModels] = {}
 
     @cached_property
     def items(self) -> pd.DataFrame:
@@ -83,8 +81,12 @@ class Artifacts:
         return load_embeddings(self.store.stage_path("embed"), self.item_ids)
 
     def models(self, faiss_indexes: bool) -> CandidateModels:
-        return CandidateModels.load(self.store.stage_path("cf"), self.store.stage_path("index"), self.item_ids,
-                                    self.vectors, faiss_indexes=faiss_indexes)
+        """Loaded once per kind: the stages of one replica share them."""
+        if faiss_indexes not in self._models:
+            self._models[faiss_indexes] = CandidateModels.load(
+                self.store.stage_path("cf"), self.store.stage_path("index"), self.item_ids, self.vectors,
+                faiss_indexes=faiss_indexes)
+        return self._models[faiss_indexes]
 
 
 @dataclass
@@ -99,8 +101,7 @@ class Recall:
 
 @dataclass
 class Candidates:
-    table: Columns  # item_idx, from_*, *_score, source, segment: one numpy array each
-    fallback: bool
+    table: CandidateTable
     version: str = ""
     # False: the recall came from another artifacts version (a version switch is rolling through the
     # deployments); the table is empty and the caller asks again.
@@ -111,20 +112,13 @@ class RecallStage:
     """CFRecall: user state (known, or folded in from session items), ALS and item-item recall."""
 
     def __init__(self, art: Artifacts):
-        self.cfg = art.cfg
         self.version = art.version
         self.generator = CandidateGenerator(art.models(faiss_indexes=False), art.cfg)
 
     def recall(self, user_id: str, recent_items: list[str] | None = None, exclude_seen: bool = True) -> Recall:
-        recent = list(recent_items or [])
-        rows = self.generator.item_rows(recent)
-        unknown = [i for i, r in zip(recent, rows, strict=True) if r < 0]
-        state = self.generator.state(user_id, recent)
-        if state is not None and not exclude_seen:
-            state = dataclasses.replace(state, exclude_seen=False)
-        b = self.cfg.blend
-        parts = [] if state is None else self.generator.recall_parts(state, b.n_cf, 0, 0, n_item=b.n_item)
-        return Recall(state, parts, unknown, self.version)
+        state = self.generator.state(user_id, recent_items, exclude_seen)
+        return Recall(state, self.generator.recall_cf([state])[0], self.generator.unknown_items(recent_items),
+                      self.version)
 
 
 class RetrievalStage:
@@ -150,20 +144,10 @@ class RetrievalStage:
 
     def candidates_many(self, recalls: list[Recall]) -> list[Candidates]:
         """The candidates of several requests: one FAISS search per index for all of them."""
-        b = self.cfg.blend
-        live = [i for i, r in enumerate(recalls) if r.version == self.version and r.state is not None]
-        found = self.generator.recall_parts_many([recalls[i].state for i in live], 0, b.n_tail, b.n_bridge,
-                                                 b.n_cold) if live else []
-        extra = dict(zip(live, found, strict=True))
-        out = []
-        for i, recall in enumerate(recalls):
-            if recall.version != self.version:
-                out.append(Candidates({}, fallback=False, version=self.version, consistent=False))
-                continue
-            parts = list(recall.parts) + extra.get(i, [])
-            table = self.generator.merge_parts(recall.state, parts, b.n_cf + b.n_tail)
-            out.append(Candidates(table, fallback=not parts, version=self.version))
-        return out
+        live = [r for r in recalls if r.version == self.version]
+        tables = iter(self.generator.retrieve([r.state for r in live], [r.parts for r in live]))
+        return [Candidates(next(tables), self.version) if r.version == self.version
+                else Candidates({}, self.version, consistent=False) for r in recalls]
 
     def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
         """Raises KeyError for an item outside the catalog."""
@@ -179,46 +163,33 @@ class RetrievalStage:
 
 
 class RankStage:
-    """CTRRanker: the Recommender's own scoring (CF score + ranker logit) -> tail-aware blend -> reasons.
+    """CTRRanker: the Recommender's scoring (CF score + ranker logit, one forward pass for a batch of
+    requests) -> tail-aware blend -> reasons, titles."""
 
-    Serve runs the Recommender's steps split around the CTR model's forward pass (`features` -> `forward`
-    over several requests -> `finish`), so it can batch that pass.
-    """
-
-    def __init__(self, art: Artifacts):
+    def __init__(self, art: Artifacts, faiss_indexes: bool = False):
         from ltray.recommend import load_recommender
 
-        self.cfg = art.cfg
         self.version = art.version
-        # The very Recommender offline code builds (blend choice, explainer), minus the FAISS indexes.
-        self.rec = load_recommender(art.uri, art.cfg, faiss_indexes=False)
-        self._model = self.rec.ranker
+        # The very Recommender offline code builds (blend choice, explainer); the FAISS indexes only
+        # where it runs the whole path (the colocated Pipeline).
+        self.rec = load_recommender(art.store, art.cfg, models=art.models(faiss_indexes))
         self.titles = art.titles
 
-    def applied_tail_share(self, state: UserState | None, tail_share: float | None = None) -> float:
-        """The tail share this user's list gets: the one asked for, else the blend's (per user under
-        blend.quota_by=affinity)."""
-        return float(self.rec.list_shares(state, tail_share)[0])
+    def rank_many(self, asks: list[Ask], states: list[UserState | None], tables: list[CandidateTable]
+                  ) -> list[Ranked]:
+        return [self._ranked(a, st, top) for a, st, top in
+                zip(asks, states, self.rec.rank_many(asks, states, tables), strict=True)]
 
-    def features(self, user_id: str, state: UserState | None, cands: Columns) -> dict[str, np.ndarray] | None:
-        """The CTR model's inputs (None: the model has no say for this request)."""
-        return self.rec.ranker_features(user_id, state, cands)
+    def recommend_many(self, asks: list[Ask]) -> list[dict[str, Any]]:
+        """The whole path in this process (the colocated Pipeline): /recommend bodies."""
+        return [recommendation(a.user_id, self._ranked(a, st, top), self.rec.generator.unknown_items(a.recent_items))
+                for a, (st, top) in zip(asks, self.rec.recommend_many(asks), strict=True)]
 
-    def finish(self, state: UserState | None, cands: Columns, probs: np.ndarray | None, k: int,
-               tail_share: float | None = None) -> Columns:
-        """Scores from the model's probabilities, then the blended top k as columns."""
-        scored = self.rec.fill_scores(dict(cands), *self.rec.parts_from(state, cands, probs))
-        return self._titled(self.rec.top_k_columns(state, scored, k, tail_share))
-
-    def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """One forward pass over the concatenated features of several requests."""
-        sizes = [len(f["dense"]) for f in batch]
-        joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
-        return np.split(self._model.score_features(joined), np.cumsum(sizes)[:-1])
-
-    def _titled(self, top: Columns) -> Columns:
-        # here, so both topologies (CTRRanker and the colocated Pipeline) answer with titles
-        return {**top, "title": with_titles(self.titles, top["item_idx"])}
+    def _ranked(self, ask: Ask, state: UserState | None, top: CandidateTable) -> Ranked:
+        # the tail share this user's list got: the one asked for, else the blend's (per user under
+        # blend.quota_by=affinity)
+        return Ranked({**top, "title": with_titles(self.titles, top["item_idx"])},
+                      float(self.rec.list_shares(state, ask.tail_share)[0]), self.version)
 
 
 @dataclass
@@ -226,7 +197,7 @@ class Ranked:
     """What CTRRanker hands back: the top k as columns (None when the candidates came from another
     artifacts version), the tail share it applied and its own version."""
 
-    top: Columns | None
+    top: CandidateTable | None
     tail_share: float
     version: str
 
@@ -237,9 +208,9 @@ def with_titles(titles: np.ndarray | None, item_idx) -> np.ndarray:
     return titles[rows] if titles is not None else np.full(len(rows), None, dtype=object)
 
 
-def recommendation(user_id: str, recall: Recall, cands: Candidates, top: Columns, tail_share: float,
-                   version: str) -> dict[str, Any]:
-    """The /recommend response body from the stages' outputs."""
+def recommendation(user_id: str, ranked: Ranked, unknown_recent_items: list[str]) -> dict[str, Any]:
+    """The /recommend response body."""
+    top = ranked.top
     n = len(top["item_id"])
     reasons = top["reason"] if "reason" in top else [""] * n
     titles = top["title"] if "title" in top else [None] * n
@@ -247,8 +218,9 @@ def recommendation(user_id: str, recall: Recall, cands: Candidates, top: Columns
               "reason": str(r)}
              for i, t, s, g, o, r in zip(top["item_id"], titles, top["score"].tolist(), top["segment"],
                                          top["source"], reasons, strict=True)]
-    return {"user_id": user_id, "items": items, "fallback": cands.fallback, "tail_share": float(tail_share),
-            "unknown_recent_items": recall.unknown_recent_items, "version": version}
+    # Only the fallback (a user we know nothing of, or nothing recalled) gives "pop" candidates.
+    return {"user_id": user_id, "items": items, "fallback": bool(np.any(top["source"] == "pop")),
+            "tail_share": ranked.tail_share, "unknown_recent_items": unknown_recent_items, "version": ranked.version}
 
 
 def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ session items) into one de-duplicated candidate table with source flags.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,8 +28,10 @@ from ltray.index.profiles import recent_items_of, user_profiles
 from ltray.user_state import UserState
 
 SOURCES = ("cf", "item", "tail", "bridge", "pop")
-# A candidate table as plain column arrays (item_idx, from_*, *_score, source, segment): one row per item.
-Columns = dict[str, np.ndarray]
+# One row per candidate item: item_idx, from_<source> flags, <source>_score, source, segment (and, once
+# scored, cf_z, ranker_logit, score). Plain numpy columns: the per-request form, no DataFrame.
+CandidateTable = dict[str, np.ndarray]
+Part = tuple[str, np.ndarray, np.ndarray]  # (source, item rows, scores) of one recall source
 DAY = 86_400.0
 
 
@@ -186,8 +189,17 @@ class CandidateGenerator:
         rows = [self._item_row.get(str(i), -1) for i in item_ids]
         return np.asarray(rows, np.int64)
 
-    def state(self, user_id: str, recent_items=None) -> UserState | None:
-        """A known user's state, or one folded in from session items; None when there is nothing."""
+    def unknown_items(self, item_ids) -> list:
+        """The ids outside the catalog."""
+        return [i for i in item_ids or [] if str(i) not in self._item_row]
+
+    def state(self, user_id: str, recent_items=None, exclude_seen: bool = True) -> UserState | None:
+        """A known user's state, or one folded in from session items; None when there is nothing.
+        `exclude_seen=False` lets the user's history come back in recall."""
+        st = self._state(user_id, recent_items)
+        return st if st is None or exclude_seen else dataclasses.replace(st, exclude_seen=False)
+
+    def _state(self, user_id: str, recent_items) -> UserState | None:
         row = self.user_row(user_id)
         extra = self.item_rows(recent_items or [])
         extra = extra[extra >= 0]
@@ -208,64 +220,67 @@ class CandidateGenerator:
                          np.unique(extra), float(len(extra)), self.models.now_ts, self.models.tail_affinity_of(extra))
 
     # -- candidates ---------------------------------------------------------------
-    def candidate_columns(self, state: UserState | None, n_cf: int | None = None, n_tail: int | None = None,
-                          n_bridge: int | None = None, n_cold: int | None = None) -> Columns:
-        """A user's candidates as plain column arrays (the per-request form: no DataFrame)."""
-        b = self.cfg.blend
-        n_cf = b.n_cf if n_cf is None else n_cf
-        n_tail = b.n_tail if n_tail is None else n_tail
-        n_bridge = b.n_bridge if n_bridge is None else n_bridge
-        n_cold = b.n_cold if n_cold is None else n_cold
-        parts = [] if state is None else self.recall_parts(state, n_cf, n_tail, n_bridge, n_cold, b.n_item)
-        return self.merge_parts(state, parts, n_cf + n_tail)
+    def candidate_columns(self, state: UserState | None, **sizes: int) -> CandidateTable:
+        """One user's candidates; `sizes` (n_cf, n_tail, n_bridge, n_cold) replace the configured ones."""
+        b = self.cfg.blend.model_copy(update=sizes)
+        parts = [] if state is None else self.recall_parts(state, b.n_cf, b.n_tail, b.n_bridge, b.n_cold, b.n_item)
+        return self.merge_parts(state, parts, b.n_cf + b.n_tail)
 
     def candidate_columns_many(self, states: list[UserState | None], chunk: int = 256):
         """`candidate_columns` (the configured sizes) for each state in turn, recalled `chunk` users at a time:
-        one ALS top-k and one FAISS search per index per chunk instead of one per user (at 100k items the
-        per-user searches were most of the offline loops' time). A generator, so only a chunk is held."""
-        b = self.cfg.blend
+        one ALS top-k and one FAISS search per index per chunk instead of one per user. A generator, so
+        only a chunk is held."""
         for lo in range(0, len(states), chunk):
             block = states[lo:lo + chunk]
-            live = [j for j, st in enumerate(block) if st is not None]
-            recalled = self.recall_parts_many([block[j] for j in live], b.n_cf, b.n_tail, b.n_bridge, b.n_cold,
-                                              b.n_item)
-            parts = dict(zip(live, recalled, strict=True))
-            for j, st in enumerate(block):
-                yield self.merge_parts(st, parts.get(j, []), b.n_cf + b.n_tail)
+            yield from self.retrieve(block, self.recall_cf(block))
+
+    # The two recall steps; Serve's chain runs them in two stages (CFRecall, TailRetrieval).
+    def recall_cf(self, states: list[UserState | None]) -> list[list[Part]]:
+        """ALS and item-item candidates of each user (none for an unknown one)."""
+        b = self.cfg.blend
+        return self.recall_parts_many(states, b.n_cf, 0, 0, 0, b.n_item)
+
+    def retrieve(self, states: list[UserState | None], parts: list[list[Part]]) -> list[CandidateTable]:
+        """Each user's tail, cold and bridge candidates (one FAISS search per index for all) merged with
+        their CF `parts`; the fallback where nothing was recalled."""
+        b = self.cfg.blend
+        found = self.recall_parts_many(states, 0, b.n_tail, b.n_bridge, b.n_cold)
+        return [self.merge_parts(st, [*p, *f], b.n_cf + b.n_tail)
+                for st, p, f in zip(states, parts, found, strict=True)]
 
     def recall_parts(self, state: UserState, n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0,
-                     n_item: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+                     n_item: int = 0) -> list[Part]:
         """(source, item rows, scores) per source that has something; Serve runs them in separate stages.
 
         The tail part holds the n_tail best tail/cold items and the n_cold best cold items: both come from
         the same text search (profile + recent items), the cold ones from an index of cold items alone."""
         return self.recall_parts_many([state], n_cf, n_tail, n_bridge, n_cold, n_item)[0]
 
-    def recall_parts_many(self, states: list[UserState], n_cf: int, n_tail: int, n_bridge: int, n_cold: int = 0,
-                          n_item: int = 0) -> list[list[tuple[str, np.ndarray, np.ndarray]]]:
-        """`recall_parts` for several users at once: one ALS top-k, one item-item product and one FAISS
-        search per index for all of them (a FAISS pass over the index costs about the same for 6 queries
-        as for 200)."""
+    def recall_parts_many(self, states: list[UserState | None], n_cf: int, n_tail: int, n_bridge: int,
+                          n_cold: int = 0, n_item: int = 0) -> list[list[Part]]:
+        """`recall_parts` for several users at once (nothing for None): one ALS top-k, one item-item
+        product and one FAISS search per index for all of them."""
         parts: list[list] = [[] for _ in states]
-        seen = [st.excluded for st in states]
-        cf = [i for i, st in enumerate(states) if n_cf and np.any(st.factor)]
+        known = [(i, st) for i, st in enumerate(states) if st is not None]
+        seen = {i: st.excluded for i, st in known}
+        cf = [i for i, st in known if n_cf and np.any(st.factor)]
         if cf:
             ids, sc = self.models.als.recommend_vectors(np.stack([states[i].factor for i in cf]), n_cf,
                                                    [seen[i] for i in cf])
             for j, i in enumerate(cf):
                 parts[i].append(("cf", ids[j], sc[j]))
-        item = [i for i, st in enumerate(states) if n_item and self.models.item_item is not None and len(st.seen)]
+        item = [i for i, st in known if n_item and self.models.item_item is not None and len(st.seen)]
         if item:
             ids, sc = self.models.item_item.recommend([np.asarray(states[i].seen, np.int64) for i in item], n_item,
                                                  [seen[i] for i in item])
             for j, i in enumerate(item):
                 parts[i].append(("item", ids[j], sc[j]))
-        tail = [i for i, st in enumerate(states) if (n_tail or n_cold) and np.any(st.profile)]
+        tail = [i for i, st in known if (n_tail or n_cold) and np.any(st.profile)]
         if tail:
             found = self._tail_search([states[i] for i in tail], n_tail, [seen[i] for i in tail], n_cold)
             for i, (ids, sc) in zip(tail, found, strict=True):
                 parts[i].append(("tail", ids, sc))
-        for i, st in enumerate(states):
+        for i, st in known:
             if n_bridge and np.any(st.factor):
                 sc = self.models.item_bridge[self._tail_rows] @ st.factor
                 top = _topk(sc, n_bridge + len(seen[i]))
@@ -274,8 +289,7 @@ class CandidateGenerator:
                 parts[i].append(("bridge", ids[keep][:n_bridge], sc[top][keep][:n_bridge]))
         return parts
 
-    def merge_parts(self, state: UserState | None, parts: list[tuple[str, np.ndarray, np.ndarray]],
-                    n_fallback: int) -> Columns:
+    def merge_parts(self, state: UserState | None, parts: list[Part], n_fallback: int) -> CandidateTable:
         """One candidate table (column arrays) from parts in SOURCES order, or the fallback when there are none."""
         if state is None:
             return self._fallback(n_fallback)
@@ -305,7 +319,7 @@ class CandidateGenerator:
             out.append((ids, scores))
         return out
 
-    def _fallback(self, n: int, seen: np.ndarray | None = None) -> Columns:
+    def _fallback(self, n: int, seen: np.ndarray | None = None) -> CandidateTable:
         """Unknown users: popular head items mixed with tail items spread over the text space."""
         seen = np.zeros(0, np.int64) if seen is None else seen
         pop = self._pop_order[~np.isin(self._pop_order, seen)]
@@ -317,7 +331,7 @@ class CandidateGenerator:
         score = np.log1p(self.models.item_pop[ids])
         return self._merge([("pop", ids, score)])
 
-    def _merge(self, parts: list[tuple[str, np.ndarray, np.ndarray]]) -> Columns:
+    def _merge(self, parts: list[Part]) -> CandidateTable:
         """One row per item (sorted by item row): a flag and the best score per source; `source` is the
         first part that found it. Plain numpy: this runs on every request, where a pandas pivot costs more than the rest."""
         ids_all = np.concatenate([np.asarray(ids, np.int64) for _, ids, _ in parts])

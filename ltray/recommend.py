@@ -18,20 +18,16 @@ import pyarrow.parquet as pq
 
 from ltray.artifacts import ArtifactStore
 from ltray.blend import BlendSetting, Ranking, blend_positions, pick, quota_slots, rank_for_blend
-from ltray.candidates import CandidateGenerator, CandidateModels, Columns
+from ltray.candidates import CandidateGenerator, CandidateModels, CandidateTable
 from ltray.config import Config
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.ranker import Ranker
 from ltray.text_mining import shared_keywords
 from ltray.threads import single_threaded
-from ltray.user_state import UserState
+from ltray.user_state import Ask, UserState
 
 # Cosine above which an item counts as "like" one from the user's history in a reason string.
 _REASON_MIN_COSINE = 0.5
-
-
-# A candidate table: plain column arrays (the per-request form) or a DataFrame with the same columns.
-Cands = Columns | pd.DataFrame
 
 # How many of a user's latest items describe their current taste in CF space.
 RECENT_FACTOR_ITEMS = 5
@@ -127,21 +123,56 @@ class Recommender:
         list's quotas are not scaled by the user's affinity."""
         return self.shares_for(state, tail_share, None, None if tail_share is None else "uniform")
 
-    # -- scoring --------------------------------------------------------------------
-    def score_parts(self, user_id: str, state: UserState | None, cands: Cands
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(CF score, ranker logit or None) for every candidate."""
-        feats = self.ranker_features(user_id, state, cands)
-        return self.parts_from(state, cands, None if feats is None else self.ranker.score_features(feats))
+    # -- the one recommendation path ---------------------------------------------------------
+    # state + CF recall -> tail retrieval -> features -> one forward pass -> blend. Serve's colocated
+    # Pipeline runs `recommend_many` whole; the chain runs the same steps a stage each (CFRecall:
+    # generator.state + recall_cf, TailRetrieval: generator.retrieve, CTRRanker: rank_many).
+    def recommend_many(self, asks: Sequence[Ask], explain: bool = True
+                       ) -> list[tuple[UserState | None, CandidateTable]]:
+        """(state, blended top k as columns) per request, recalled and scored together."""
+        states = [self.generator.state(a.user_id, a.recent_items, a.exclude_seen) for a in asks]
+        tables = list(self.generator.candidate_columns_many(states))
+        return list(zip(states, self.rank_many(asks, states, tables, explain), strict=True))
 
-    def ranker_features(self, user_id: str, state: UserState | None, cands: Cands) -> dict[str, np.ndarray] | None:
+    def rank_many(self, asks: Sequence[Ask], states: Sequence[UserState | None], tables: Sequence[CandidateTable],
+                  explain: bool = True) -> list[CandidateTable]:
+        """Each request's candidates scored (one forward pass for all) and blended to its top k."""
+        scored = self.score_many([a.user_id for a in asks], states, tables)
+        return [self.top_k_columns(st, t, a.k, a.tail_share, explain)
+                for a, st, t in zip(asks, states, scored, strict=True)]
+
+    def score_many(self, user_ids: Sequence[str], states: Sequence[UserState | None],
+                   tables: Sequence[CandidateTable]) -> list[CandidateTable]:
+        """Adds cf_z, ranker_logit and the final score to each candidate table (in place)."""
+        feats = [self.ranker_features(u, st, t) for u, st, t in zip(user_ids, states, tables, strict=True)]
+        live = [f for f in feats if f is not None]
+        probs = iter(self.forward(live) if live else [])
+        return [self.fill_scores(t, *self.parts_from(st, t, None if f is None else next(probs)))
+                for st, t, f in zip(states, tables, feats, strict=True)]
+
+    def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """One forward pass over the concatenated features of several requests."""
+        sizes = [len(f["dense"]) for f in batch]
+        joined = {key: np.concatenate([f[key] for f in batch]) for key in batch[0]}
+        return np.split(self.ranker.score_features(joined), np.cumsum(sizes)[:-1])
+
+    def ranker_features(self, user_id: str, state: UserState | None, cands: CandidateTable
+                        ) -> dict[str, np.ndarray] | None:
         """The CTR model's inputs for these candidates; None when the ranker has no say (no ranker, a user we
-        know nothing of, no candidates). Serve runs the model's forward pass on them in batches."""
+        know nothing of, no candidates)."""
         if self.ranker is None or state is None or not np.any(state.factor) or not len(cands["item_idx"]):
             return None
-        return self._ranker_features(user_id, state, cands)
+        # Plain columns, one user id for every row: the FeatureBuilder's per-request form.
+        table = {"user_id": str(user_id), "item_idx": np.asarray(cands["item_idx"], np.int64),
+                 **{c: np.asarray(cands[c], np.float32) for c in SOURCE_FLAGS if c in cands}}
+        override = None
+        if self.generator.user_row(user_id) is None or len(state.recent) != len(
+                self.models.user_recent[self.generator.user_row(user_id)]):
+            override = {str(user_id): dataclasses.replace(
+                state, recent_factor=recent_factor(self.models.als.item_factors, state.recent))}
+        return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
-    def parts_from(self, state: UserState | None, cands: Cands, probs: np.ndarray | None
+    def parts_from(self, state: UserState | None, cands: CandidateTable, probs: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(CF score, ranker logit or None) given the model's click probabilities (or None)."""
         if state is None or not np.any(state.factor):
@@ -154,50 +185,33 @@ class Recommender:
         p = np.clip(np.asarray(probs).astype(np.float64), 1e-7, 1 - 1e-7)
         return cf_z, np.log(p / (1 - p)).astype(np.float32)
 
-    def _ranker_features(self, user_id: str, state: UserState, cands: Cands) -> dict[str, np.ndarray]:
-        # Plain columns, one user id for every row: the FeatureBuilder's per-request form.
-        table = {"user_id": str(user_id), "item_idx": np.asarray(cands["item_idx"], np.int64),
-                 **{c: np.asarray(cands[c], np.float32) for c in SOURCE_FLAGS if c in cands}}
-        override = None
-        if self.generator.user_row(user_id) is None or len(state.recent) != len(
-                self.models.user_recent[self.generator.user_row(user_id)]):
-            override = {str(user_id): dataclasses.replace(
-                state, recent_factor=recent_factor(self.models.als.item_factors, state.recent))}
-        return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
-
-    def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
-                        ) -> tuple[UserState | None, Columns]:
-        """The user's state and scored candidate columns (see `score_candidates`)."""
-        state = self.generator.state(user_id, recent_items)
-        if state is not None and not exclude_seen:
-            state = dataclasses.replace(state, exclude_seen=False)
-        cands = self.generator.candidate_columns(state)
-        return state, self.score_candidates(user_id, state, cands)
-
-    def score_candidates(self, user_id: str, state: UserState | None, cands: Cands) -> Cands:
-        """Adds cf_z, ranker_logit and the final score to a candidate table (in place; Serve's ranker too)."""
-        return self.fill_scores(cands, *self.score_parts(user_id, state, cands))
-
-    def fill_scores(self, cands: Cands, cf_z: np.ndarray, logit: np.ndarray | None) -> Cands:
+    def fill_scores(self, cands: CandidateTable, cf_z: np.ndarray, logit: np.ndarray | None) -> CandidateTable:
         """Sets cf_z, ranker_logit and the final score columns (in place)."""
         cands["cf_z"] = cf_z
         cands["ranker_logit"] = np.zeros(len(cf_z), np.float32) if logit is None else logit
         cands["score"] = combine(cf_z, logit, self.ranker_weight)
         return cands
 
-    # -- the public call --------------------------------------------------------------
+    # -- the public calls -------------------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 20, tail_share: float | None = None, exclude_seen: bool = True,
                   recent_items=None, explain: bool = True) -> pd.DataFrame:
-        state, cands = self.rank_candidates(user_id, recent_items, exclude_seen)
-        return self.top_k(state, cands, k, tail_share, explain)
+        [(_, top)] = self.recommend_many([Ask(user_id, k, tail_share, exclude_seen, recent_items)], explain)
+        return pd.DataFrame(top)
 
-    def top_k(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
+    def rank_candidates(self, user_id: str, recent_items=None, exclude_seen: bool = True
+                        ) -> tuple[UserState | None, CandidateTable]:
+        """The user's state and scored candidate columns (cf_z, ranker_logit, score)."""
+        state = self.generator.state(user_id, recent_items, exclude_seen)
+        [cands] = self.generator.candidate_columns_many([state])
+        return state, self.score_many([user_id], [state], [cands])[0]
+
+    def top_k(self, state: UserState | None, cands: CandidateTable, k: int, tail_share: float | None = None,
               explain: bool = True) -> pd.DataFrame:
         """Scored candidates -> the blended top k with item_id (and reason), as a DataFrame."""
         return pd.DataFrame(self.top_k_columns(state, cands, k, tail_share, explain))
 
-    def top_k_columns(self, state: UserState | None, cands: Cands, k: int, tail_share: float | None = None,
-                      explain: bool = True) -> Columns:
+    def top_k_columns(self, state: UserState | None, cands: CandidateTable, k: int, tail_share: float | None = None,
+                      explain: bool = True) -> CandidateTable:
         """`top_k` as plain columns (item_id, item_idx, score, segment, source[, reason]); Serve's ranker."""
         share, cold = self.list_shares(state, tail_share)
         score = np.asarray(cands["score"])
@@ -212,16 +226,10 @@ class Recommender:
                                       for i, s in zip(item_idx, out["source"], strict=True)], dtype=object)
         return out
 
-    def cold_score(self, cands: Cands) -> np.ndarray | None:
+    def cold_score(self, cands: CandidateTable) -> np.ndarray | None:
         """What fills the cold quota (blend.cold_order): text closeness to the user's interests, or None
         for the final score."""
         return np.asarray(cands["tail_score"]) if self.cfg.blend.cold_order == "content" else None
-
-    def _ranked_in_chunks(self, user_ids):
-        """(row, state, scored candidates) per user, as `rank_candidates` gives them, recalled in chunks."""
-        states = [self.generator.state(u) for u in user_ids]
-        for r, cands in enumerate(self.generator.candidate_columns_many(states)):
-            yield r, states[r], self.score_candidates(user_ids[r], states[r], cands)
 
     def recommend_rows(self, user_ids, k: int, settings: Sequence[BlendSetting] = (BlendSetting(),)
                        ) -> dict[BlendSetting, np.ndarray]:
@@ -234,7 +242,10 @@ class Recommender:
 
     def _fill_rows(self, out: dict[BlendSetting, np.ndarray], user_ids, k: int,
                    settings: Sequence[BlendSetting]) -> None:
-        for r, state, cands in self._ranked_in_chunks(user_ids):
+        states = [self.generator.state(u) for u in user_ids]
+        for r, cands in enumerate(self.generator.candidate_columns_many(states)):
+            # Recalled in chunks, scored a user at a time: as `rank_candidates` scores them.
+            state, cands = states[r], self.score_many([user_ids[r]], [states[r]], [cands])[0]
             # Settings that give this user the same weight and slot counts give the same list.
             rankings: dict[float, Ranking] = {}
             lists: dict[tuple, np.ndarray] = {}
@@ -252,11 +263,12 @@ class Recommender:
                 out[st][r, : len(rows)] = rows
 
 
-def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None = None, faiss_indexes: bool = True
-                     ) -> Recommender:
+def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None = None, faiss_indexes: bool = True,
+                     models: CandidateModels | None = None) -> Recommender:
     """The Recommender a run folder describes (what Serve, `ltray recommend` and evaluation read back).
 
-    `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches."""
+    `faiss_indexes=False` skips the FAISS indexes: Serve's ranker scores candidates and never searches.
+    `models`: the run's CandidateModels, already loaded (a colocated Serve replica shares one set)."""
     from ltray.embed.items import load_embeddings
     from ltray.rank.ranker import Ranker
     from ltray.text_mining import item_keywords
@@ -266,9 +278,9 @@ def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None =
     cfg = cfg or Config.model_validate(store.manifest().get("config", {}))
     items = pq.read_table(store.stage_path("data") / "items.parquet").to_pandas()
     item_ids = items["item_id"].to_numpy().astype(str)
-    vectors = load_embeddings(store.stage_path("embed"), item_ids)
-    models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids, vectors,
-                                  faiss_indexes=faiss_indexes)
+    if models is None:
+        models = CandidateModels.load(store.stage_path("cf"), store.stage_path("index"), item_ids,
+                                      load_embeddings(store.stage_path("embed"), item_ids), faiss_indexes=faiss_indexes)
     ranker = Ranker.load(store.stage_path("rank")) if store.has("rank") else None
     blend = json.loads((store.stage_path("rank") / "blend.json").read_text()) if store.has("rank") else {}
     titles = (items["title"] if "title" in items.columns else items["item_id"]).astype(str).to_numpy()
@@ -286,7 +298,7 @@ def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) ->
     return (np.asarray(cf_z, np.float64) + ranker_weight * np.asarray(logit, np.float64)).astype(np.float32)
 
 
-def _source_order(cands: Cands) -> np.ndarray:
+def _source_order(cands: CandidateTable) -> np.ndarray:
     """Without a ranker: CF score order first, then the other sources by their own scores."""
     cf = np.asarray(cands["cf_score"], np.float64)
     other = np.nanmax(np.stack([np.asarray(cands[c], np.float64) for c in ("item_score", "tail_score", "bridge_score", "pop_score")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,4 +32,14 @@ class UserState:
         return np.asarray(self.seen, np.int64) if self.exclude_seen else _no_rows()
 
 
-__all__ = ["UserState"]
+class Ask(NamedTuple):
+    """One request for a user's list (the in-process call and Serve's /recommend alike)."""
+
+    user_id: str
+    k: int = 20
+    tail_share: float | None = None  # None: the blend's
+    exclude_seen: bool = True
+    recent_items: list[str] | None = None  # session items (folded in)
+
+
+__all__ = ["Ask", "UserState"]

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +24,9 @@ from ltray.config import RankConfig
 from ltray.data.segments import Segment
 from ltray.errors import LtrayError
 from ltray.user_state import UserState
+
+if TYPE_CHECKING:  # a DataFrame with the same columns reads the same (training's tables)
+    from ltray.candidates import CandidateTable
 
 FEATURE_VERSION = 3
 SOURCE_FLAGS = ("from_cf", "from_item", "from_tail", "from_bridge", "from_pop")
@@ -111,15 +113,11 @@ def stable_hash(ids) -> np.ndarray:
     return h[inv.reshape(-1)]
 
 
-# A candidate table: a DataFrame, or a mapping of column arrays whose user_id may be one id for all rows.
-Table = pd.DataFrame | Mapping[str, Any]
-
-
-def _item_rows(table: Table) -> np.ndarray:
+def _item_rows(table: CandidateTable) -> np.ndarray:
     return np.asarray(table["item_idx"], dtype=np.int64)
 
 
-def _user_column(table: Table) -> np.ndarray | str:
+def _user_column(table: CandidateTable) -> np.ndarray | str:
     """Per-row user ids as a str array, or one str when the mapping gives one id for every row."""
     users = table["user_id"]
     if isinstance(users, str | np.str_):
@@ -211,7 +209,7 @@ class FeatureBuilder:
         return self.dense_names().index("log_item_pop")
 
     # -- fit ----------------------------------------------------------------------
-    def fit(self, ctx: FeatureContext, train_item_idx, table: Table | None = None) -> FeatureBuilder:
+    def fit(self, ctx: FeatureContext, train_item_idx, table: CandidateTable | None = None) -> FeatureBuilder:
         """PCA of text vectors on training items only; dense stats on ``table`` or on random pairs."""
         idx = np.unique(np.asarray(train_item_idx, dtype=np.int64))
         if len(idx) < 2:
@@ -242,7 +240,7 @@ class FeatureBuilder:
         return self
 
     # -- build --------------------------------------------------------------------
-    def _raw_dense(self, ctx: FeatureContext, table: Table, users_override, debias: bool) -> np.ndarray:
+    def _raw_dense(self, ctx: FeatureContext, table: CandidateTable, users_override, debias: bool) -> np.ndarray:
         item_idx, user_ids = _item_rows(table), _user_column(table)
         if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= ctx.n_items):
             raise ValueError(f"item_idx out of range [0, {ctx.n_items})")
@@ -304,7 +302,7 @@ class FeatureBuilder:
             raise RuntimeError("FeatureBuilder is not fitted")
         return float(self.dense_mean[self.pop_column])
 
-    def build(self, ctx: FeatureContext, table: Table, users_override: dict[str, UserState] | None = None,
+    def build(self, ctx: FeatureContext, table: CandidateTable, users_override: dict[str, UserState] | None = None,
               debias_popularity: bool = False) -> dict[str, np.ndarray]:
         """Model inputs for every row of ``table`` (user_id, item_idx, from_* flags).
 

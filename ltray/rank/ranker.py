@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,11 +14,13 @@ from ltray.rank.features import (
     FeatureBuilder,
     FeatureContext,
     FeatureSpecError,
-    Table,
     UserState,
     spec_difference,
 )
 from ltray.rank.model import WEIGHTS_FILE, CTRModel, load_model
+
+if TYPE_CHECKING:
+    from ltray.candidates import CandidateTable
 
 RANK_CONFIG_FILE = "rank_config.json"
 TOWER_ITEMS_FILE = "text_tower_items.npy"  # the tower's output per catalog item: scoring needs no tokens
@@ -67,7 +69,7 @@ class Ranker:
             item_text = np.load(d / TOWER_ITEMS_FILE, allow_pickle=False)
         return cls(model, builder, bool(info.get("debias_popularity", False)), info, item_text)
 
-    def score(self, ctx: FeatureContext, table: Table, users_override: dict[str, UserState] | None = None,
+    def score(self, ctx: FeatureContext, table: CandidateTable, users_override: dict[str, UserState] | None = None,
               debias_popularity: bool | None = None) -> np.ndarray:
         """Click probability per row of ``table`` (user_id, item_idx, from_* flags: a DataFrame or a mapping
         of column arrays), float32."""
@@ -76,7 +78,7 @@ class Ranker:
         debias = self.debias_popularity if debias_popularity is None else debias_popularity
         return self.score_features(self.features(ctx, table, users_override, debias))
 
-    def features(self, ctx: FeatureContext, table: Table, users_override: dict[str, UserState] | None = None,
+    def features(self, ctx: FeatureContext, table: CandidateTable, users_override: dict[str, UserState] | None = None,
                  debias_popularity: bool = False) -> dict[str, np.ndarray]:
         """The model's inputs for ``table``: the FeatureBuilder's, plus the tower's item outputs if it has one."""
         feats = self.builder.build(ctx, table, users_override, debias_popularity=debias_popularity)
