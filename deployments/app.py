@@ -65,8 +65,8 @@ def build_app(args: dict[str, Any]):
 
 
 def resolve_topology(topology: str, alive_nodes: int) -> str:
-    """`auto` -> colocated on one node (measured on 2 cores: the chain's hops cost 2x the latency of the
-    no-op floor, one colocated hop 1.2x), chain on a cluster where stages scale on their own nodes."""
+    """`auto` -> colocated on one node (the chain's hops cost latency and gain nothing there), chain on a
+    cluster where stages scale on their own nodes."""
     if topology != "auto":
         return topology
     return "colocated" if alive_nodes <= 1 else "chain"

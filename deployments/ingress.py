@@ -29,6 +29,7 @@ from deployments.schemas import (
     Segment,
 )
 from deployments.stages import artifacts_version, recommendation, scored_items
+from ltray.artifacts import ArtifactStore
 from ltray.config import ServeConfig
 
 _REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
@@ -45,9 +46,8 @@ api = FastAPI(
     docs_url=None, redoc_url=None,  # FastAPI's pages load their JS from a CDN: deployments.docs serves it
 )
 install_offline_docs(api)
-_DEFAULTS = ServeConfig()
 # set per replica from the config (the middleware is built by Starlette, not by us)
-_BODY = {"max_bytes": _DEFAULTS.max_body_bytes, "read_timeout_s": _DEFAULTS.body_read_timeout_s}
+_BODY = {"max_bytes": ServeConfig().max_body_bytes, "read_timeout_s": ServeConfig().body_read_timeout_s}
 ECHO_CHARS = 80  # what an error answer repeats of an input string: enough to recognise it
 
 
@@ -154,8 +154,6 @@ class Ingress:
 
     def __init__(self, artifacts: str, serve_cfg: dict, recall=None, retrieval=None, ranker=None,
                  pipeline=None):
-        from ltray.artifacts import ArtifactStore
-
         self.cfg = ServeConfig.model_validate(serve_cfg)
         _BODY.update(max_bytes=self.cfg.max_body_bytes, read_timeout_s=self.cfg.body_read_timeout_s)
         self.version = artifacts_version(ArtifactStore(artifacts, mode="r"))  # a reader: never recovers
@@ -205,9 +203,9 @@ class Ingress:
         while True:
             recall = await self._call(self.recall, "recall", req.user_id, req.recent_items, req.exclude_seen)
             cands = await self._call(self.retrieval, "candidates", recall)
-            if cands.consistent:
-                ranked = await self._call(self.ranker, "rank", req.user_id, recall.state, cands.table, req.k,
-                                          req.tail_share, cands.version)
+            if cands is not None:
+                ranked = await self._call(self.ranker, "rank", req.user_id, recall.state, cands, req.k,
+                                          req.tail_share, recall.version)
                 if ranked.top is not None:
                     return recommendation(req.user_id, ranked, recall.unknown_recent_items)
             if time.monotonic() > deadline:

@@ -14,7 +14,6 @@ from ray import serve
 from deployments.metrics import BatchStats, StageMetrics
 from deployments.stages import (
     Artifacts,
-    Candidates,
     Ranked,
     RankStage,
     Recall,
@@ -22,6 +21,7 @@ from deployments.stages import (
     RetrievalStage,
     limit_threads,
 )
+from ltray.candidates import CandidateTable
 from ltray.config import ServeConfig
 from ltray.data.segments import HEAD, TAIL, Segment
 from ltray.user_state import Ask
@@ -99,15 +99,15 @@ class TailRetrieval(_ItemQueries):
         _sized(self._candidates_batched, cfg)
         self.metrics = StageMetrics("TailRetrieval")
 
-    async def candidates(self, recall: Recall) -> Candidates:
+    async def candidates(self, recall: Recall) -> CandidateTable | None:
         with self.metrics.timed("candidates"):
             out = await self._candidates_batched(recall)
-        if out.consistent:
-            self.metrics.tail_share(out.table["segment"])
+        if out is not None:
+            self.metrics.tail_share(out["segment"])
         return out
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _candidates_batched(self, recalls: list[Recall]) -> list[Candidates]:
+    async def _candidates_batched(self, recalls: list[Recall]) -> list[CandidateTable | None]:
         """Requests waiting together share one FAISS search per index."""
         return self.retrieval.candidates_many(recalls)
 

@@ -2,18 +2,15 @@
 
 Each stage opens the artifact store at a URI and loads only what it needs:
 
-- `RecallStage` (CFRecall): ALS factors, the item-item model, seen items and user profiles -> user state +
-  CF candidates (ALS and item-item);
-  fold-in of unseen users from their session items.
+- `RecallStage` (CFRecall): ALS factors, the item-item model, seen items and user profiles -> user state
+  (known, or folded in from session items) + CF candidates (ALS and item-item).
 - `RetrievalStage` (TailRetrieval): FAISS tail/full indexes, the text->CF bridge, the text encoder ->
   tail and bridge candidates merged with the CF part; `/similar` and `/search`.
 - `RankStage` (CTRRanker): FeatureBuilder + CTR model -> scores -> tail-aware blend + reasons.
 
-Each runs one step of the library's one recommendation path (`Recommender.recommend_many`:
-`CandidateGenerator.state` + `recall_cf`, `retrieve`, `Recommender.rank_many`), so the chain gives what
-the in-process `Recommender` gives. What passes between them is small and plain: a user state (one
-factor and one profile vector, a few item rows), candidate columns and the top k as columns -- no
-DataFrames, never the item matrices.
+Each runs one step of the library's one recommendation path (`Recommender.recommend_many`), so the
+chain gives what the in-process `Recommender` gives. What passes between them is small and plain: a
+user state, candidate columns and the top k as columns -- no DataFrames, never the item matrices.
 """
 
 from __future__ import annotations
@@ -99,15 +96,6 @@ class Recall:
     version: str = ""  # the artifacts version it came from: item rows mean something only within one
 
 
-@dataclass
-class Candidates:
-    table: CandidateTable
-    version: str = ""
-    # False: the recall came from another artifacts version (a version switch is rolling through the
-    # deployments); the table is empty and the caller asks again.
-    consistent: bool = True
-
-
 class RecallStage:
     """CFRecall: user state (known, or folded in from session items), ALS and item-item recall."""
 
@@ -142,12 +130,12 @@ class RetrievalStage:
                                         dtype=e.dtype, device=e.device, threads=self.cfg.serve.encoder_threads)
         return self._encoder
 
-    def candidates_many(self, recalls: list[Recall]) -> list[Candidates]:
-        """The candidates of several requests: one FAISS search per index for all of them."""
+    def candidates_many(self, recalls: list[Recall]) -> list[CandidateTable | None]:
+        """The candidates of several requests: one FAISS search per index for all of them. None for a
+        recall from another artifacts version (a version switch is rolling through the deployments)."""
         live = [r for r in recalls if r.version == self.version]
         tables = iter(self.generator.retrieve([r.state for r in live], [r.parts for r in live]))
-        return [Candidates(next(tables), self.version) if r.version == self.version
-                else Candidates({}, self.version, consistent=False) for r in recalls]
+        return [next(tables) if r.version == self.version else None for r in recalls]
 
     def similar(self, item_id: str, k: int, segment: str | None = None) -> pd.DataFrame:
         """Raises KeyError for an item outside the catalog."""
@@ -229,5 +217,5 @@ def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
     return {"items": items, "version": version}
 
 
-__all__ = ["Artifacts", "Candidates", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage",
+__all__ = ["Artifacts", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage",
            "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of", "with_titles"]

@@ -8,7 +8,6 @@ session items) into one de-duplicated candidate table with source flags.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -194,30 +193,23 @@ class CandidateGenerator:
         return [i for i in item_ids or [] if str(i) not in self._item_row]
 
     def state(self, user_id: str, recent_items=None, exclude_seen: bool = True) -> UserState | None:
-        """A known user's state, or one folded in from session items; None when there is nothing.
-        `exclude_seen=False` lets the user's history come back in recall."""
-        st = self._state(user_id, recent_items)
-        return st if st is None or exclude_seen else dataclasses.replace(st, exclude_seen=False)
-
-    def _state(self, user_id: str, recent_items) -> UserState | None:
-        row = self.user_row(user_id)
+        """A known user's state, or one folded in from session items (joining a known user's history);
+        None when there is nothing. `exclude_seen=False` lets the history come back in recall."""
+        m, row = self.models, self.user_row(user_id)
         extra = self.item_rows(recent_items or [])
         extra = extra[extra >= 0]
-        if row is not None:
-            seen = self.models.als.seen[row].indices
-            st = UserState(self.models.als.user_factors[row], self.models.user_profiles[row], self.models.user_recent[row],
-                           seen, float(self.models.user_n[row]), int(self.models.user_last_ts[row]),
-                           float(self.models.user_tail_affinity[row]))
-            if len(extra):
-                hist = np.concatenate([extra, st.recent])
-                both = np.union1d(seen, extra)
-                st = UserState(self.models.als.fold_in(both), _profile(self.models.item_vectors, hist), hist, both,
-                               st.n + len(extra), self.models.now_ts, self.models.tail_affinity_of(both))
-            return st
-        if not len(extra):
+        if row is None and not len(extra):
             return None
-        return UserState(self.models.als.fold_in(np.unique(extra)), _profile(self.models.item_vectors, extra), extra,
-                         np.unique(extra), float(len(extra)), self.models.now_ts, self.models.tail_affinity_of(extra))
+        if not len(extra):
+            return UserState(m.als.user_factors[row], m.user_profiles[row], m.user_recent[row], m.als.seen[row].indices,
+                             float(m.user_n[row]), int(m.user_last_ts[row]), float(m.user_tail_affinity[row]),
+                             exclude_seen)
+        known = row is not None
+        hist = np.concatenate([extra, m.user_recent[row]]) if known else extra
+        both = np.union1d(m.als.seen[row].indices, extra) if known else np.unique(extra)
+        n = (float(m.user_n[row]) if known else 0.0) + len(extra)
+        return UserState(m.als.fold_in(both), _profile(m.item_vectors, hist), hist, both, n, m.now_ts,
+                         m.tail_affinity_of(both), exclude_seen)
 
     # -- candidates ---------------------------------------------------------------
     def candidate_columns(self, state: UserState | None, **sizes: int) -> CandidateTable:
