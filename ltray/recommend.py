@@ -147,7 +147,7 @@ class Recommender:
         feats = [self.ranker_features(u, st, t) for u, st, t in zip(user_ids, states, tables, strict=True)]
         live = [f for f in feats if f is not None]
         probs = iter(self.forward(live) if live else [])
-        return [self.fill_scores(t, *self.parts_from(st, t, None if f is None else next(probs)))
+        return [self._fill_scores(st, t, None if f is None else next(probs))
                 for st, t, f in zip(states, tables, feats, strict=True)]
 
     def forward(self, batch: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -172,21 +172,18 @@ class Recommender:
                 state, recent_factor=recent_factor(self.models.als.item_factors, state.recent))}
         return self.ranker.features(self.ctx, table, override, debias_popularity=self.cfg.rank.debias_popularity)
 
-    def parts_from(self, state: UserState | None, cands: CandidateTable, probs: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(CF score, ranker logit or None) given the model's click probabilities (or None)."""
+    def _fill_scores(self, state: UserState | None, cands: CandidateTable, probs: np.ndarray | None
+                     ) -> CandidateTable:
+        """Sets the cf_z, ranker_logit and final score columns (in place) from the model's click
+        probabilities (None: the model had no say)."""
+        logit = None
         if state is None or not np.any(state.factor):
-            # A user we know nothing of: keep the generator's own order.
-            return _source_order(cands), None
-        cf_z = self.models.cf.z(state.factor, state.seen, np.asarray(cands["item_idx"], np.int64))
-        if self.ranker is None:
-            return cf_z, None
-        probs = np.zeros(0, np.float32) if probs is None else probs  # no candidates
-        p = np.clip(np.asarray(probs).astype(np.float64), 1e-7, 1 - 1e-7)
-        return cf_z, np.log(p / (1 - p)).astype(np.float32)
-
-    def fill_scores(self, cands: CandidateTable, cf_z: np.ndarray, logit: np.ndarray | None) -> CandidateTable:
-        """Sets cf_z, ranker_logit and the final score columns (in place)."""
+            cf_z = _source_order(cands)  # a user we know nothing of: the generator's own order
+        else:
+            cf_z = self.models.cf.z(state.factor, state.seen, np.asarray(cands["item_idx"], np.int64))
+            if self.ranker is not None:  # no probabilities: no candidates
+                p = np.clip(np.asarray([] if probs is None else probs, np.float64), 1e-7, 1 - 1e-7)
+                logit = np.log(p / (1 - p)).astype(np.float32)
         cands["cf_z"] = cf_z
         cands["ranker_logit"] = np.zeros(len(cf_z), np.float32) if logit is None else logit
         cands["score"] = combine(cf_z, logit, self.ranker_weight)
