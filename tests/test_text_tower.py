@@ -27,6 +27,16 @@ SPEC = {"n_dense": 6, "id_buckets": 64}
 FROZEN_MODEL_KEYS = {"n_dense", "id_buckets", "id_dim", "cross_layers", "hidden"}
 
 
+@pytest.fixture(autouse=True)
+def _same_torch_state_whatever_ran_before():
+    """Each test starts from the same torch state, alone or after the rest of the suite: the global RNG seeded
+    (the LoRA adapters and the projections are drawn from it) and torch's thread count put back afterwards."""
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def texts(small_synthetic) -> list[str]:
     return small_synthetic.items["text"].iloc[:N_TEXTS].tolist()
