@@ -32,6 +32,8 @@ _current_log: Path | None = None  # for the CLI's error hint
 # left after a SIGKILLed driver are blocked on the dead GCS and have not ended on SIGTERM in 2 s anyway).
 WATCH_POLL_S = 5.0
 WATCH_GRACE_S = 1.0
+# Ray waits a fixed 30 s for a new node to register; a busy 2-core machine can miss that once.
+START_ATTEMPTS = 3
 _watchdog: subprocess.Popen | None = None  # one per process, kept until it ends
 
 logger = logging.getLogger(__name__)
@@ -117,13 +119,30 @@ def start_private(watch_log: Path | None = None, **init_kwargs):
     import ray
 
     _start_watchdog(watch_log)
-    with _loopback_node():
-        ctx = ray.init(address="local", **init_kwargs)
+
+    def start():
+        with _loopback_node():
+            return ray.init(address="local", **init_kwargs)
+
+    ctx = retry_start(start, cleanup=ray.shutdown)
     node = ray._private.worker._global_node
     _tell_watchdog(f"session {node.get_session_dir_path()}")
     if not _is_loopback(node.node_ip_address):  # a Ray upgrade may drop the switch _loopback_node sets
         logger.warning("the private Ray listens on %s, not on loopback only", node.node_ip_address)
     return ctx
+
+
+def retry_start(start, cleanup, attempts: int = START_ATTEMPTS):
+    """start(), again after cleanup() when Ray's node start-up timed out; any other error at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            logger.warning("Ray's node did not start in time (a busy machine?); trying again (%d of %d)",
+                           attempt + 1, attempts)
+            cleanup()
 
 
 @contextlib.contextmanager

@@ -227,3 +227,31 @@ def test_which_addresses_start_a_private_ray(monkeypatch):
     assert not raysession.starts_private(None)
     monkeypatch.setenv("RAY_ADDRESS", "local")
     assert raysession.starts_private(None)
+
+
+def test_a_timed_out_node_start_is_tried_again_and_other_errors_are_not():
+    """Ray's fixed 30 s node registration wait runs out on a loaded 2-core machine; nothing else is retried."""
+    calls, cleanups = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+        return "ctx"
+
+    assert raysession.retry_start(flaky, lambda: cleanups.append(1), attempts=3) == "ctx"
+    assert (len(calls), len(cleanups)) == (3, 2)
+
+    calls.clear()
+    with pytest.raises(Exception, match="timed out during startup"):
+        raysession.retry_start(flaky, lambda: None, attempts=2)
+    assert len(calls) == 2
+
+    def broken():
+        calls.append(1)
+        raise ValueError("no such address")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        raysession.retry_start(broken, lambda: None, attempts=3)
+    assert len(calls) == 1
