@@ -47,6 +47,8 @@ def test_the_default_run_prints_ltrays_lines_only(small_run):
     assert len(lines) <= 30, f"{len(lines)} lines:\n{r.stdout}"
     ray_lines = [ln for ln in lines if RAY_LOG_LINE.match(ln) or "core_worker" in ln]
     assert not ray_lines, ray_lines
+    noise = [ln for ln in lines if "Warning:" in ln or ln.startswith("Traceback")]  # a Python warning, a crash
+    assert not noise, noise
     assert any(ln.startswith("report: ") and ln.endswith("report.html") for ln in lines), r.stdout
     assert any(ln.startswith("> eval: Recall@20") for ln in lines), r.stdout
     # Ray's lines went to the run folder, and the first line said where.
