@@ -28,7 +28,7 @@ from deployments.schemas import (
     SearchRequest,
     Segment,
 )
-from deployments.stages import artifacts_version, recommendation, scored_items
+from deployments.stages import recommendation, scored_items
 from ltray.artifacts import ArtifactStore
 from ltray.config import ServeConfig
 
@@ -156,7 +156,7 @@ class Ingress:
                  pipeline=None):
         self.cfg = ServeConfig.model_validate(serve_cfg)
         _BODY.update(max_bytes=self.cfg.max_body_bytes, read_timeout_s=self.cfg.body_read_timeout_s)
-        self.version = artifacts_version(ArtifactStore(artifacts, mode="r"))  # a reader: never recovers
+        self.version = ArtifactStore(artifacts, mode="r").served_version()  # a reader: never recovers
         self.recall, self.retrieval, self.ranker, self.pipeline = recall, retrieval, ranker, pipeline
         self.metrics = StageMetrics("Ingress")
         self.lost_replica: set[str] = set()  # stages whose replica died, until one of them answers again

@@ -31,11 +31,6 @@ from ltray.threads import limit_threads
 from ltray.user_state import Ask, UserState
 
 
-def artifacts_version(store: ArtifactStore) -> str:
-    """The version a run folder answers with (the ranker's stage version, as `load_recommender` names it)."""
-    return store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned")
-
-
 def tail_share_of(segments) -> float:
     seg = np.asarray(segments)
     return float((seg != HEAD).mean()) if len(seg) else 0.0
@@ -51,7 +46,7 @@ class Artifacts:
         cfg = Config.model_validate(manifest.get("config", {}))
         # Stage logic follows the config the run was fitted with; only the serve section is ours.
         self.cfg = cfg.model_copy(update={"serve": serve}) if serve is not None else cfg
-        self.version = artifacts_version(self.store)
+        self.version = self.store.served_version()
         self._models: dict[bool, CandidateModels] = {}
 
     @cached_property
@@ -218,4 +213,4 @@ def scored_items(table: pd.DataFrame, version: str) -> dict[str, Any]:
 
 
 __all__ = ["Artifacts", "RankStage", "Ranked", "Recall", "RecallStage", "RetrievalStage",
-           "artifacts_version", "limit_threads", "recommendation", "scored_items", "tail_share_of", "with_titles"]
+           "limit_threads", "recommendation", "scored_items", "tail_share_of", "with_titles"]

@@ -346,6 +346,11 @@ class ArtifactStore:
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         return self.manifest().get("stages", {}).get(stage)
 
+    def served_version(self) -> str:
+        """The version a run answers with: its rank stage's (Serve's replicas, the Ingress and
+        `load_recommender` compare it)."""
+        return (self.stage_info("rank") or {}).get("version", "unversioned")
+
     def has(self, stage: str) -> bool:
         info = self.stage_info(stage)
         if info is None:

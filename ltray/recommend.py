@@ -285,7 +285,7 @@ def load_recommender(artifacts: str | Path | ArtifactStore, cfg: Config | None =
                        explainer=Explainer(titles, item_keywords(items["text"].tolist())),
                        ranker_weight=blend.get("ranker_weight"), cold_share=blend.get("cold_share"),
                        quota_by=blend.get("quota_by"),
-                       version=store.manifest().get("stages", {}).get("rank", {}).get("version", "unversioned"))
+                       version=store.served_version())
 
 
 def combine(cf_z: np.ndarray, logit: np.ndarray | None, ranker_weight: float) -> np.ndarray:
