@@ -2,10 +2,13 @@
 
 Serve holds CPUs while it runs (four deployments at 0.25), so it is started after the fit and its
 application is deleted at the end of the module, leaving the cluster whole for other test files.
+The offline /docs checks (scripts/check_docs_offline.py) run here too, on the colocated app under its
+route prefix /colo, rather than on a Serve app of their own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -425,6 +428,49 @@ def test_health_ready_and_docs(server, recommender):
     assert {"/recommend", "/search", "/items/{item_id}/similar", "/healthz", "/readyz"} <= set(paths)
     for route in ("/recommend", "/search"):  # every error answer a POST may get is documented
         assert {"400", "408", "413", "422", "503"} <= set(paths[route]["post"]["responses"])
+
+
+# -- /docs and /redoc without internet ----------------------------------------------------------------------
+# Their JS and CSS come from the app, over real Ray Serve. The app runs under a route prefix, as behind
+# `serve run ... route_prefix=/x`: the pages' asset URLs must carry it. This module's colocated app (two
+# replicas, the lighter topology) is served under /colo: the checks run on it (an app of their own cost a
+# Serve start of its own). The browser check runs Chromium headless when one is installed
+# (`apt-get install -y chromium`).
+_DOCS_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_docs_offline.py"
+_docs_spec = importlib.util.spec_from_file_location("check_docs_offline", _DOCS_SCRIPT)
+docs_check = importlib.util.module_from_spec(_docs_spec)
+_docs_spec.loader.exec_module(docs_check)
+DOCS_PREFIX = "/colo"
+
+
+@pytest.fixture(scope="module")
+def docs_base(server) -> str:
+    """The colocated app's URL, its route prefix included."""
+    return str(server.base_url).rstrip("/") + DOCS_PREFIX
+
+
+def test_docs_pages_load_only_local_assets(docs_base):
+    pages = docs_check.check_pages(docs_base)  # every URL on this server under the prefix, 200, JS/CSS/PNG
+    for page, urls in pages.items():
+        assert all(u.startswith(DOCS_PREFIX + "/") for u in urls), (page, urls)
+    assert f"{DOCS_PREFIX}/docs-assets/swagger-ui-bundle.js" in pages["/docs"]
+    assert f"{DOCS_PREFIX}/docs-assets/swagger-ui.css" in pages["/docs"]
+    assert f"{DOCS_PREFIX}/docs-assets/redoc.standalone.js" in pages["/redoc"]
+    assert f"{DOCS_PREFIX}/openapi.json" in pages["/docs"] and f"{DOCS_PREFIX}/openapi.json" in pages["/redoc"]
+    r = httpx.get(f"{docs_base}/docs/oauth2-redirect", timeout=30)  # Swagger UI's OAuth2 page, also local
+    assert r.status_code == 200 and "oauth2" in r.text.lower()
+    # the docs routes stay out of the API schema (test_openapi_fuzz_gives_no_5xx fuzzes every schema route)
+    paths = httpx.get(f"{docs_base}/openapi.json", timeout=30).json()["paths"]
+    assert not [p for p in paths if p.startswith(("/docs", "/redoc"))], list(paths)
+
+
+@pytest.mark.skipif(docs_check.find_chromium() is None,
+                    reason="no Chromium on PATH (or LTRAY_CHROMIUM): `apt-get install -y chromium` runs this check")
+def test_chromium_renders_every_operation(docs_base):
+    found = docs_check.check_browser(docs_base, docs_check.find_chromium())
+    ops = found["operations"]
+    assert ("post", "/recommend") in ops and ("post", "/search") in ops
+    assert found["opblocks"] == len(docs_check.schema_operations(docs_base)) == 5
 
 
 # -- schema-driven fuzz ------------------------------------------------------------------------------------
