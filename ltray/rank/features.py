@@ -216,9 +216,12 @@ class FeatureBuilder:
             raise ValueError("FeatureBuilder.fit needs at least two training items")
         x = ctx.item_vectors[idx].astype(np.float64)
         self.pca_mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - self.pca_mean, full_matrices=False)
-        k = min(self.text_dim, vt.shape[0])
-        comps = vt[:k].T
+        # Eigenvectors of the d x d scatter, not an SVD of the n x d matrix: the same components, and
+        # d (the encoder width) stays small while n grows with the catalog.
+        xc = x - self.pca_mean
+        eigval, eigvec = np.linalg.eigh(xc.T @ xc)
+        k = min(self.text_dim, *x.shape)
+        comps = eigvec[:, np.argsort(eigval)[::-1][:k]]
         # Fix each component's sign so a refit on the same data gives the same features.
         signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
         self.pca_components = (comps * np.where(signs == 0, 1.0, signs)).astype(np.float32)
