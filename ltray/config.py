@@ -174,8 +174,10 @@ class RankConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(1024, ge=8, description="global batch; each of N workers takes batch_size // N")
     materialize_max_mb: float = Field(
-        512.0, ge=0, description="sample sets up to this size are read once into the object store, not per epoch")
-    shuffle_buffer: int = Field(0, ge=0, description="local shuffle buffer rows per worker; 0 = off")
+        512.0, ge=0, description="sample sets up to this size are read whole by each Train worker, which takes "
+        "its share in memory; larger ones stream through Ray Data")
+    shuffle_buffer: int = Field(0, ge=0, description="shuffle: local buffer rows per worker when samples stream; an "
+                                "in-memory set is permuted whole each epoch when > 0; 0 = off")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0, description="on dense weights (SparseAdam tables have none)")
     sparse_embeddings: Literal["auto", "never", "always"] = Field(

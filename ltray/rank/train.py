@@ -114,17 +114,35 @@ def write_samples(builder: FeatureBuilder, ctx: FeatureContext, table: pd.DataFr
     return n
 
 
-def _dataset(uri: str, cfg: RankConfig):
-    """A Ray Dataset over the Parquet parts. Small sets go in as in-memory Arrow blocks, one per part:
-    read once, not once per epoch, and with no read tasks (whose start costs seconds on a small machine)."""
-    import ray
+def _streams(uri: str, cfg: RankConfig) -> bool:
+    """Whether a sample set goes through Ray Data: only above ``materialize_max_mb``. A smaller one is read
+    whole by each worker, which takes its own share: Ray Data's executor costs seconds to start each epoch on
+    a small machine, more than such a set takes to train."""
+    fs, root = _fs(uri)
+    size = sum(f.size for f in fs.get_file_info(pafs.FileSelector(root))
+               if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+    return size > cfg.materialize_max_mb * 2**20
+
+
+def _read_samples(uri: str) -> dict[str, np.ndarray]:
+    import pyarrow.dataset as pads
 
     fs, root = _fs(uri)
-    parts = sorted((f for f in fs.get_file_info(pafs.FileSelector(root)) if f.type == pafs.FileType.File
-                    and f.path.endswith(".parquet")), key=lambda f: f.path)
-    if sum(f.size for f in parts) > cfg.materialize_max_mb * 2**20:
-        return ray.data.read_parquet(uri)
-    return ray.data.from_arrow([pq.read_table(f.path, filesystem=fs) for f in parts])
+    return _sample_features(pads.dataset(root, filesystem=fs, format="parquet").to_table())
+
+
+def _share_batches(feats: dict[str, np.ndarray], rank: int, world: int, batch_size: int,
+                   dtypes: dict[str, torch.dtype], device, seed: int, shuffle: bool):
+    """This rank's batches of an in-memory sample set. Every rank takes n // world rows of one permutation
+    (the same on all ranks), so all take the same number of steps, as DDP needs."""
+    n = len(feats["label"])
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    share = n // world
+    mine = order[rank * share:(rank + 1) * share]
+    for start in range(0, share, batch_size):
+        rows = mine[start:start + batch_size]
+        yield {k: torch.from_numpy(np.ascontiguousarray(feats[k][rows])).to(device, dtype)
+               for k, dtype in dtypes.items()}
 
 
 def _iter_parquet(uri: str, batch_rows: int):
@@ -273,7 +291,8 @@ def _tower_outputs(model: CTRModel, tokens: ItemTokens, item_idx: np.ndarray, de
 class _RaySession:
     """What the epoch loop needs from Ray Train (inside a TorchTrainer worker)."""
 
-    def __init__(self):
+    def __init__(self, train_uri: str | None):
+        """``train_uri``: a small sample set each worker reads whole; None: the "train" dataset shard."""
         import ray.train
         import ray.train.torch
 
@@ -281,6 +300,7 @@ class _RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.feats = _read_samples(train_uri) if train_uri else None
 
     def checkpoint(self):
         return self._train.get_checkpoint()
@@ -289,6 +309,9 @@ class _RaySession:
         return self._torch.prepare_model(model)
 
     def batches(self, batch_size: int, dtypes: dict[str, torch.dtype], shuffle_buffer: int, seed: int):
+        if self.feats is not None:
+            return _share_batches(self.feats, self.rank, self.world, batch_size, dtypes, self.device, seed,
+                                  bool(shuffle_buffer))
         return self._train.get_dataset_shard("train").iter_torch_batches(
             batch_size=batch_size, dtypes=dtypes, device=self.device, local_shuffle_buffer_size=shuffle_buffer or None,
             local_shuffle_seed=seed if shuffle_buffer else None)
@@ -304,10 +327,7 @@ class _LocalSession:
     come from the Parquet parts in order; the best epoch's files are kept in ``best_dir``."""
 
     def __init__(self, train_uri: str, best_dir: Path, device: torch.device):
-        import pyarrow.dataset as pads
-
-        fs, root = _fs(train_uri)
-        self.feats = _sample_features(pads.dataset(root, filesystem=fs, format="parquet").to_table())
+        self.feats = _read_samples(train_uri)
         self.rank, self.world, self.device = 0, 1, device
         self.best_dir, self.best_auc, self.history = best_dir, -np.inf, []
 
@@ -318,12 +338,7 @@ class _LocalSession:
         return model.to(self.device)
 
     def batches(self, batch_size: int, dtypes: dict[str, torch.dtype], shuffle_buffer: int, seed: int):
-        n = len(self.feats["label"])
-        order = np.random.default_rng(seed).permutation(n) if shuffle_buffer else np.arange(n)
-        for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            yield {k: torch.from_numpy(np.ascontiguousarray(self.feats[k][rows])).to(self.device, dtype)
-                   for k, dtype in dtypes.items()}
+        return _share_batches(self.feats, 0, 1, batch_size, dtypes, self.device, seed, bool(shuffle_buffer))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, name: str) -> None:
         self.history.append(metrics)
@@ -335,7 +350,7 @@ class _LocalSession:
 
 def _train_loop(config: dict[str, Any]) -> None:
     """TorchTrainer's per-worker entry point."""
-    _fit_epochs(config, _RaySession())
+    _fit_epochs(config, _RaySession(config["train_uri"]))
 
 
 def _resume(model: CTRModel, opts: list, session: _RaySession | _LocalSession) -> dict[str, Any]:
@@ -467,10 +482,13 @@ def _fit_on_ray_train(loop_config: dict[str, Any], cfg: RankConfig, use_gpu: boo
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    import ray.data
+
     resources = {"CPU": worker_cpus(cfg), **({"GPU": 1} if use_gpu else {})}
+    streams = _streams(train_uri, cfg)
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "train_uri": None if streams else train_uri},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -478,7 +496,7 @@ def _fit_on_ray_train(loop_config: dict[str, Any], cfg: RankConfig, use_gpu: boo
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_auc",
                                                          checkpoint_score_order="max")),
-        datasets={"train": _dataset(train_uri, cfg)},
+        datasets={"train": ray.data.read_parquet(train_uri)} if streams else None,
     )
     try:
         result = trainer.fit()
