@@ -479,10 +479,9 @@ def _copy_best(checkpoint_dir: Path, out: Path) -> dict[str, Any]:
 def _fit_on_ray_train(loop_config: dict[str, Any], cfg: RankConfig, use_gpu: bool, run_name: str, storage: str,
                       train_uri: str, out: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], str]:
     """TorchTrainer over the workers; returns (best row, history, last metrics, best checkpoint path)."""
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    import ray.data
 
     resources = {"CPU": worker_cpus(cfg), **({"GPU": 1} if use_gpu else {})}
     streams = _streams(train_uri, cfg)
