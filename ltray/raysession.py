@@ -43,11 +43,6 @@ class ClusterError(LtrayError, RuntimeError):
     """Ray could not start or join a cluster (the CLI prints it as one line with its hint)."""
 
 
-def current_log() -> Path | None:
-    """The file Ray's logs go to in this process, if they are not on the terminal."""
-    return _current_log
-
-
 def describe_address(address: str | None) -> str | None:
     """What ray.init gets: None (join the cluster `ray start` or RAY_ADDRESS names, else start one),
     'local', 'auto', or an address as given. Raises ValueError for an empty one."""

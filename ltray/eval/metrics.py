@@ -19,10 +19,6 @@ import scipy.sparse as sp
 
 from ltray.data.segments import Segment
 
-# Column order of the report's metrics table (also the default of `metric_names`).
-ACCURACY_METRICS = ("Recall", "NDCG", "HitRate", "HeadRecall", "TailRecall", "ColdRecall")
-LIST_METRICS = ("Coverage", "APLT", "Gini", "AvgPop")
-
 
 def to_csr(test, n_users: int, n_items: int) -> sp.csr_matrix:
     """A {user_row: item rows} dict or a sparse matrix -> binary CSR (n_users, n_items), no duplicates."""

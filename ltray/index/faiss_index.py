@@ -293,15 +293,6 @@ class VectorIndex:
             scores, ids = scores[:, :width], ids[:, :width]
         return np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(ids, np.int64)
 
-    def reconstruct(self, ids) -> np.ndarray:
-        """Stored (normalised) vectors for ids (Flat / HNSW; IVF needs a direct map, built on demand)."""
-        ids = np.atleast_1d(np.asarray(ids, np.int64))
-        index = self._cpu()
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return index.reconstruct_batch(ids)
-
     # --------------------------------------------------------------------- GPU
     def to_gpu(self, use_gpu: str = "auto") -> bool:
         """Move to all visible GPUs when allowed and possible; returns whether it is on GPU now."""
