@@ -91,8 +91,8 @@ def stand_in_vectors(sample_vecs: np.ndarray, n: int, sample_rows: np.ndarray, s
 def commit_stand_in_embed(store, bundle, vectors: np.ndarray, cfg, note: str) -> None:
     import pyarrow as pa
 
-    from ltray.embed.encoder import text_hash
     from ltray.embed.items import write_shards
+    from ltray.embed.models import text_hash
 
     d = vectors.shape[1]
     table = pa.table({

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ltray.embed.device import Hardware, choose_device, choose_dtype
-from ltray.embed.encoder import ModelNotFoundError, TextEncoder, default_model_path, model_id_of, text_hash
+from ltray.embed.encoder import TextEncoder
+from ltray.embed.models import ModelNotFoundError, default_model_path, model_id_of, text_hash
 
 TEXTS = [
     "Toy Story (1995). Genres: Adventure|Animation|Children|Comedy|Fantasy",

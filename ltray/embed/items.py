@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ltray.config import EmbedConfig
-from ltray.embed.encoder import model_id_of, resolve_model, text_hash
+from ltray.embed.models import model_id_of, resolve_model, text_hash
 from ltray.errors import LtrayError
 
 STAGE = "embed"

@@ -11,7 +11,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 import ray
 
 from ltray.config import Config, EmbedConfig
-from ltray.embed.encoder import TextEncoder, text_hash
 from ltray.embed.items import (
     MANIFEST_FILE,
     STAGE,
@@ -38,6 +37,7 @@ from ltray.embed.items import (
     signature,
     write_shards,
 )
+from ltray.embed.models import text_hash
 
 
 # -- sizing -------------------------------------------------------------------------------------
@@ -139,6 +139,8 @@ class _EmbedBatch:
     """Ray Data callable class: loads the encoder once per actor, encodes each batch."""
 
     def __init__(self, cfg: dict[str, Any], threads: int):
+        from ltray.embed.encoder import TextEncoder  # torch: in the actors only, not in every read task
+
         c = EmbedConfig.model_validate(cfg)
         self.encoder = TextEncoder(c.model, pooling=c.pooling, max_length=c.max_length, dtype=c.dtype,
                                    device=c.device, threads=threads, batch_size=c.batch_size)
@@ -364,6 +366,9 @@ def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: 
         raise EmbedError("no items to embed")
     todo_n = count - carried
     spec = actor_pool_spec(ray.cluster_resources(), cfg)
+    # An actor loads the model, which takes seconds: one that would get less than a forward pass of texts
+    # costs more than it saves, so a small (re-)embed runs on fewer actors.
+    spec = replace(spec, num_actors=max(1, min(spec.num_actors, math.ceil(todo_n / cfg.batch_size))))
     pin = _on_this_node()
     # Enough blocks to keep every actor busy, none bigger than block_rows.
     block_rows = max(1, min(cfg.block_rows, math.ceil(max(todo_n, 1) / (spec.num_actors * cfg.blocks_per_actor))))

@@ -129,7 +129,7 @@ def load_tokenizer(model: str | None):
     """The tokenizer of ``model`` (HF name or folder; None = the packaged MiniLM), as ``TextEncoder`` finds it."""
     from transformers import AutoTokenizer
 
-    from ltray.embed.encoder import ModelNotFoundError, resolve_model
+    from ltray.embed.models import ModelNotFoundError, resolve_model
 
     path, is_local = resolve_model(model)
     try:
@@ -142,7 +142,7 @@ def load_encoder(model: str | None) -> tuple[nn.Module, str]:
     """(encoder in fp32, resolved path), loaded the way ``TextEncoder`` loads it."""
     from transformers import AutoModel
 
-    from ltray.embed.encoder import ModelNotFoundError, resolve_model
+    from ltray.embed.models import ModelNotFoundError, resolve_model
 
     path, is_local = resolve_model(model)
     try:
