@@ -201,3 +201,25 @@ def test_optimizer_state_round_trips_so_a_resume_continues_exactly(tmp_path):
     step(b, opts_b, 2)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("n, world, batch", [(1025, 2, 512), (10, 3, 4), (7, 1, 3)])
+def test_in_memory_shares_give_every_rank_the_same_steps_and_disjoint_rows(n, world, batch):
+    """A small sample set is shared out in the workers, not by Ray Data: DDP hangs if one rank takes a step
+    more than another, and no row may be seen twice in an epoch."""
+    import torch
+
+    from ltray.rank.train import _share_batches
+
+    feats = {"row": np.arange(n), "label": np.zeros(n, np.float32)}
+    dtypes = {"row": torch.int64}
+    for shuffle in (False, True):
+        per_rank = [[b["row"].numpy() for b in _share_batches(feats, r, world, batch, dtypes, "cpu", 7, shuffle)]
+                    for r in range(world)]
+        assert len({len(steps) for steps in per_rank}) == 1, [len(s) for s in per_rank]
+        rows = np.concatenate([np.concatenate(steps) for steps in per_rank])
+        assert len(rows) == (n // world) * world and len(np.unique(rows)) == len(rows)
+    # disjoint shuffled shares mean every rank drew the same permutation; the seed (seed + epoch) changes it
+    a = next(_share_batches(feats, 0, 1, n, dtypes, "cpu", 1, True))["row"].numpy()
+    b = next(_share_batches(feats, 0, 1, n, dtypes, "cpu", 2, True))["row"].numpy()
+    assert sorted(a) == sorted(b) == list(range(n)) and (n < 3 or not np.array_equal(a, b))
