@@ -84,6 +84,13 @@ def test_pool_overrides():
 
 
 # -- input policy (pure) ------------------------------------------------------------------------
+def test_pool_has_no_more_actors_than_forward_passes_of_texts():
+    cfg = EmbedConfig(batch_size=64)
+    assert actor_pool_spec({"CPU": 4.0}, cfg, n_texts=1) == PoolSpec(1, 1.0, 0.0, 1)  # same CPUs per actor
+    assert actor_pool_spec({"CPU": 4.0}, cfg, n_texts=130).num_actors == 3
+    assert actor_pool_spec({"CPU": 4.0}, cfg, n_texts=10_000) == actor_pool_spec({"CPU": 4.0}, cfg)
+
+
 def test_empty_text_error_policy_names_the_items(items):
     with pytest.raises(EmbedError, match=r"2 item\(s\) have empty text") as e:
         prepare_items(items, _cfg(empty_text="error"))

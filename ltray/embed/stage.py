@@ -49,13 +49,22 @@ class PoolSpec:
     threads: int  # torch threads inside each actor
 
 
-def actor_pool_spec(cluster_resources: dict[str, float], cfg: EmbedConfig) -> PoolSpec:
+def actor_pool_spec(cluster_resources: dict[str, float], cfg: EmbedConfig, n_texts: int | None = None) -> PoolSpec:
     """One actor per GPU where there are GPUs (unless device=cpu); else one actor per whole CPU.
 
     GPU actors reserve one CPU each (tokenising) unless cpus_per_actor says otherwise.
     CPU actors share the cluster's CPUs evenly, so 1.5 CPUs gives one actor holding
     1.5; torch threads per actor = its whole CPUs, at least 1.
+    ``n_texts`` (the texts to encode) caps the actors at one per forward pass (``batch_size``): an actor
+    loads the model, which takes seconds, and one with less than a pass of texts costs more than it saves.
     """
+    spec = _full_pool(cluster_resources, cfg)
+    if n_texts is None:
+        return spec
+    return replace(spec, num_actors=max(1, min(spec.num_actors, math.ceil(n_texts / cfg.batch_size))))
+
+
+def _full_pool(cluster_resources: dict[str, float], cfg: EmbedConfig) -> PoolSpec:
     cpus = float(cluster_resources.get("CPU", 0.0))
     gpus = float(cluster_resources.get("GPU", 0.0))
     if cfg.device == "cuda" and gpus < 1:
@@ -365,10 +374,7 @@ def _embed_parquet(source: Path, cfg: EmbedConfig, out_dir: Path, previous_dir: 
     if count == 0:
         raise EmbedError("no items to embed")
     todo_n = count - carried
-    spec = actor_pool_spec(ray.cluster_resources(), cfg)
-    # An actor loads the model, which takes seconds: one that would get less than a forward pass of texts
-    # costs more than it saves, so a small (re-)embed runs on fewer actors.
-    spec = replace(spec, num_actors=max(1, min(spec.num_actors, math.ceil(todo_n / cfg.batch_size))))
+    spec = actor_pool_spec(ray.cluster_resources(), cfg, n_texts=todo_n)
     pin = _on_this_node()
     # Enough blocks to keep every actor busy, none bigger than block_rows.
     block_rows = max(1, min(cfg.block_rows, math.ceil(max(todo_n, 1) / (spec.num_actors * cfg.blocks_per_actor))))
