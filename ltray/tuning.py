@@ -49,7 +49,7 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
     """What the operating point maximises. sum: TailRecall + ColdRecall. balanced: their geometric mean,
     so neither kind of long tail is given up for the other: when each kind is hit somewhere but no
     admissible point hits both, every point is worth 0 and the most accurate one is taken
-    (`choose_tail_share` takes the sum only when one kind is hit at no admissible point)."""
+    (`choose_tail_share` takes the sum only when one kind is hit at no point of the curve)."""
     tail, cold = point[f"TailRecall@{k}"], point.get(f"ColdRecall@{k}", 0.0)
     return float(np.sqrt(tail * cold)) if objective == "balanced" else tail + cold
 
@@ -69,10 +69,11 @@ def choose_tail_share(curve: list[dict[str, float]], cf_recall: float, max_loss:
     ok = [c for c in curve if c[f"Recall@{k}"] - z * c.get("floor_se", 0.0) >= floor]
     if not ok:  # nothing keeps recall: take the most accurate point
         return max(curve, key=lambda c: c[f"Recall@{k}"])
-    if objective == "balanced" and not all(any(c.get(f"{kind}Recall@{k}", 0.0) > 0 for c in ok)
+    if objective == "balanced" and not all(any(c.get(f"{kind}Recall@{k}", 0.0) > 0 for c in curve)
                                            for kind in ("Tail", "Cold")):
-        # One kind is hit at no admissible point (validation holds no cold item, or no tail item is ever
-        # found): the geometric mean is 0 everywhere and cannot rank the points by the other kind.
+        # One kind is hit at no point of the curve (validation holds no cold item, or no tail item is ever
+        # found): the geometric mean cannot rank the points by the other kind. A kind hit only below the
+        # floor is not that case: there, long-tail slots cost more than the floor allows, so none are bought.
         objective = "sum"
     return max(ok, key=lambda c: (long_tail_value(c, objective, k), c[f"Recall@{k}"]))
 

@@ -209,6 +209,12 @@ def test_balanced_objective_falls_back_to_the_sum_only_when_one_kind_is_never_hi
     assert choose_tail_share(apart, cf_recall=0.1, max_loss=0.02, objective="sum")["cold_share"] == 0.1
     assert choose_tail_share([*apart, {**curve[1], "TailRecall@20": 0.001, "Recall@20": 0.0985}],
                              cf_recall=0.1, max_loss=0.02)["TailRecall@20"] == 0.001  # both: balanced again
+    # cold is hit, but only below the floor: slots cost too much there, so none are bought (not the sum,
+    # which would spend the floor on tail slots alone)
+    below = [curve[0], {**curve[1], "Recall@20": 0.090}, {**curve[2], "TailRecall@20": 0.010}]
+    chosen = choose_tail_share(below, cf_recall=0.1, max_loss=0.02)
+    assert (chosen["tail_share"], chosen["cold_share"]) == (0.0, 0.0)
+    assert choose_tail_share(below[::2], cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.1  # no cold anywhere
 
 
 def test_affinity_quotas_scale_with_the_users_history_and_stop_at_the_cap(small_config):
