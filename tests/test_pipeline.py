@@ -124,6 +124,32 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
         np.testing.assert_array_equal(rows[asked][r, : len(shared)], shared, err_msg=u)
 
 
+def test_operating_points_score_every_searched_point_as_the_eval_stage_does(synthetic_run):
+    """benchmarks/operating_points.py: every point of the validation curve scored on test; the point the
+    run chose gets the eval stage's own numbers, and each point carries its verdict."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "operating_points", Path(__file__).resolve().parents[1] / "benchmarks" / "operating_points.py")
+    op = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op)
+    _, art, _, _ = synthetic_run
+    result = op.score_points(art)
+    curve = json.loads((art / "rank" / "blend.json").read_text())["curve"]
+    assert len(result["points"]) == len(curve) > 1
+    chosen = [p for p in result["points"] if p["setting"] == result["chosen_in_run"]]
+    assert len(chosen) == 1
+    evaluated = json.loads((art / "eval" / "metrics.json").read_text())["metrics"]["ltray"]
+    for k in ("Recall@20", "TailRecall@20", "ColdRecall@20", "Coverage@20"):
+        assert chosen[0]["test"][k] == pytest.approx(evaluated[k]), k
+    assert {"recall", "not_dominated", "tail", "cold"} <= set(chosen[0]["met"])
+    # Points differ on test (the shares change the lists), and the summary names the rule's point.
+    assert len({p["test"]["TailRecall@20"] for p in result["points"]}) > 1
+    lines = op.summary(result, load_config())
+    assert lines[0].startswith(f"synthetic ({art}): {len(curve)} points") and "today's rule takes" in lines[-1]
+
+
 def test_fit_and_recommend_cli_for_listed_users(ray_cluster, tmp_path, small_synthetic):
     """`ltray fit` on given files + `ltray recommend` give recs for exactly the listed users, no seen items."""
     items = small_synthetic.items[["item_id", "text", "title"]]
