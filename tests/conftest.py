@@ -15,6 +15,20 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """A script of benchmarks/ as a module (the folder is not a package), by its file name."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster, started once and shared by every test that needs Ray."""
     import ray

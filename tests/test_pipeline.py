@@ -124,16 +124,10 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
         np.testing.assert_array_equal(rows[asked][r, : len(shared)], shared, err_msg=u)
 
 
-def test_operating_points_score_every_searched_point_as_the_eval_stage_does(synthetic_run):
+def test_operating_points_score_every_searched_point_as_the_eval_stage_does(synthetic_run, load_benchmark):
     """benchmarks/operating_points.py: every point of the validation curve scored on test; the point the
     run chose gets the eval stage's own numbers, and each point carries its verdict."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "operating_points", Path(__file__).resolve().parents[1] / "benchmarks" / "operating_points.py")
-    op = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(op)
+    op = load_benchmark("operating_points")
     _, art, _, _ = synthetic_run
     result = op.score_points(art)
     curve = json.loads((art / "rank" / "blend.json").read_text())["curve"]

@@ -4,7 +4,6 @@ rewriting them is idempotent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,11 +18,8 @@ ML = "movielens-latest-small"
 
 
 @pytest.fixture(scope="module")
-def qm():
-    spec = importlib.util.spec_from_file_location("quality_matrix", REPO / "benchmarks" / "quality_matrix.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def qm(load_benchmark):
+    return load_benchmark("quality_matrix")
 
 
 def _row(recall: float, tail: float, cold: float, cov: float) -> dict[str, float]:
