@@ -20,6 +20,7 @@ from ltray.artifacts import ArtifactStore
 from ltray.blend import BlendSetting, Ranking, blend_positions, pick, quota_slots, rank_for_blend
 from ltray.candidates import CandidateGenerator, CandidateModels, CandidateTable
 from ltray.config import Config
+from ltray.data.segments import Segment
 from ltray.rank.features import SOURCE_FLAGS, FeatureContext
 from ltray.rank.ranker import Ranker
 from ltray.text_mining import shared_keywords
@@ -213,7 +214,7 @@ class Recommender:
         share, cold = self.list_shares(state, tail_share)
         score = np.asarray(cands["score"])
         pos, boosted = blend_positions(score, np.asarray(cands["segment"]), k, share, self.cfg.blend.method,
-                                       cold, self.cold_score(cands))
+                                       cold, self.cold_score(state, cands))
         item_idx = np.asarray(cands["item_idx"], np.int64)[pos]
         out = {"item_id": self.models.item_ids[item_idx], "item_idx": item_idx,
                "score": score[pos] if boosted is None else boosted,
@@ -223,10 +224,21 @@ class Recommender:
                                       for i, s in zip(item_idx, out["source"], strict=True)], dtype=object)
         return out
 
-    def cold_score(self, cands: CandidateTable) -> np.ndarray | None:
-        """What fills the cold quota (blend.cold_order): text closeness to the user's interests, or None
-        for the final score."""
-        return np.asarray(cands["tail_score"]) if self.cfg.blend.cold_order == "content" else None
+    def cold_score(self, state: UserState | None, cands: CandidateTable) -> np.ndarray | None:
+        """What fills the cold quota (blend.cold_order): the text search's score (content: the best match of
+        the profile and the recent items), the cosine to the profile alone (profile), or None for the final
+        score."""
+        order = self.cfg.blend.cold_order
+        if order == "content":
+            return np.asarray(cands["tail_score"])
+        if order == "score":
+            return None
+        idx = np.asarray(cands["item_idx"], np.int64)
+        score = np.full(len(idx), np.nan, np.float32)
+        if state is not None and np.any(state.profile):
+            cold = self.models.item_segment[idx] == Segment.COLD
+            score[cold] = self.models.item_vectors[idx[cold]] @ np.asarray(state.profile, np.float32)
+        return score
 
     def recommend_rows(self, user_ids, k: int, settings: Sequence[BlendSetting] = (BlendSetting(),)
                        ) -> dict[BlendSetting, np.ndarray]:
@@ -246,7 +258,7 @@ class Recommender:
             # Settings that give this user the same weight and slot counts give the same list.
             rankings: dict[float, Ranking] = {}
             lists: dict[tuple, np.ndarray] = {}
-            cold_score = self.cold_score(cands)
+            cold_score = self.cold_score(state, cands)
             for st in settings:
                 weight = self.ranker_weight if st.ranker_weight is None else st.ranker_weight
                 slots = quota_slots(k, *self.shares_for(state, st.tail_share, st.cold_share, st.quota_by))

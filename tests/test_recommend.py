@@ -256,3 +256,28 @@ def test_blend_settings_search_what_the_config_leaves_open():
     fixed = blend_settings(cfg.model_copy(update={"blend": cfg.blend.model_copy(
         update={"ranker_weight": 8.0, "tail_share": 0.1, "cold_share": 0.0, "quota_by": "uniform"})}))
     assert fixed == [(8.0, 0.1, 0.0, "uniform")]
+
+
+def test_cold_score_follows_the_cold_order():
+    """The cold quota's score: the text search's (content), the cosine to the profile (profile, cold rows
+    only), or none (score: the final score fills it)."""
+    from types import SimpleNamespace
+
+    from ltray.recommend import Recommender
+    from ltray.user_state import UserState
+
+    rec = Recommender.__new__(Recommender)
+    vectors = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    rec.models = SimpleNamespace(item_vectors=vectors, item_segment=np.array([1, 2, 2], np.int8))
+    cands = {"item_idx": np.array([0, 1, 2]), "tail_score": np.array([0.5, 0.9, 0.1], np.float32)}
+    state = UserState(np.zeros(2, np.float32), np.array([1, 0], np.float32), np.zeros(0, np.int64),
+                      np.zeros(0, np.int64))
+    score = np.array([3.0, 2.0, 1.0])
+    # One cold slot in a list of two: item 0 (tail) by score, then the cold item the order prefers.
+    for order, want, cold_score in (("content", 1, cands["tail_score"]), ("profile", 2, [np.nan, 0.0, 0.6]),
+                                    ("score", 1, None)):
+        rec.cfg = SimpleNamespace(blend=SimpleNamespace(cold_order=order))
+        got = rec.cold_score(state, cands)
+        assert got is None if cold_score is None else np.allclose(got, cold_score, equal_nan=True), order
+        pos, _ = blend_positions(score, rec.models.item_segment, 2, 0.0, cold_share=0.5, cold_score=got)
+        assert sorted(pos.tolist()) == [0, want], order
