@@ -67,17 +67,19 @@ def _base_env(token: str) -> dict[str, str]:
     return env
 
 
-def _pids_of(temp_dir: str) -> list[int]:
-    """Every process whose command line names this head's temp dir (gcs, raylet, workers, agents)."""
+def _pids_of(head: Head) -> list[int]:
+    """Every process of this head: in the session `ray start` opened, or naming its temp dir on the command
+    line. The session finds the agents, which retitle themselves (ray::DashboardAgent) and outlived SIGTERM."""
     pids = []
     for p in Path("/proc").iterdir():
         if not p.name.isdigit() or int(p.name) == os.getpid():
             continue
         try:
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            state, _, _, session = (p / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
             continue
-        if temp_dir in cmd:
+        if state != "Z" and (int(session) == head.proc.pid or head.temp_dir in cmd):  # a zombie is dead
             pids.append(int(p.name))
     return pids
 
@@ -86,11 +88,13 @@ def _stop_head(head: Head) -> None:
     if head.proc.poll() is None:
         head.proc.send_signal(signal.SIGTERM)  # `ray start --block` takes its children down with it
         try:
-            head.proc.wait(timeout=30)
+            # An idle head is gone in 4 s; after jobs it waited out 30 s in every CI run: the sweep below ends it.
+            head.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             head.proc.kill()
-    for _ in range(2):
-        for pid in _pids_of(head.temp_dir):
+    deadline = time.monotonic() + 10
+    while (pids := _pids_of(head)) and time.monotonic() < deadline:
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -162,7 +166,7 @@ def ray_head(tmp_path_factory):
         yield head
     finally:
         _stop(head)
-    assert not _pids_of(head.temp_dir), "processes of the test head survived"
+    assert not _pids_of(head), "processes of the test head survived"
 
 
 def _ray(head: Head, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
