@@ -20,7 +20,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ltray.artifacts import ArtifactStore
@@ -44,7 +43,7 @@ def score_points(run: Path) -> dict:
     baselines = json.loads((store.stage_path("eval") / "metrics.json").read_text())["metrics"]
     baselines.pop("ltray", None)
     test = bundle.test
-    users = np.array([u for u in np.unique(test["user_id"].astype(str)) if rec.generator.user_row(u) is not None])
+    users = rec.generator.known_users(test["user_id"])
     held = held_out(test, pd.Index(users), pd.Index(rec.models.item_ids))
     settings = [BlendSetting(*(p[f] for f in BlendSetting._fields)) for p in blend["curve"]]
     lists = rec.recommend_rows(users, K, settings=settings)

@@ -184,6 +184,11 @@ class CandidateGenerator:
     def user_row(self, user_id: str) -> int | None:
         return self._user_row.get(str(user_id))
 
+    def known_users(self, user_ids) -> np.ndarray:
+        """The distinct ids among `user_ids` that the models were fitted on, sorted: the users a held-out
+        split is scored for."""
+        return np.array([u for u in np.unique(np.asarray(user_ids).astype(str)) if u in self._user_row])
+
     def item_rows(self, item_ids) -> np.ndarray:
         rows = [self._item_row.get(str(i), -1) for i in item_ids]
         return np.asarray(rows, np.int64)

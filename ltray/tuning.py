@@ -128,7 +128,7 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     models = CandidateModels.fit(fit_part, bundle.item_ids, vectors, seg, cfg)
     gen = CandidateGenerator(models, cfg)
     ctx = feature_context(models)
-    users = np.array([u for u in np.unique(valid["user_id"].astype(str)) if gen.user_row(u) is not None])
+    users = gen.known_users(valid["user_id"])
     rng = np.random.default_rng(cfg.rank.seed)
     train_users, tune_users = ranker_halves(users, rng)
     log.info("rank: candidate models on %s interactions; ranker learns from %d users, tail share is chosen on "

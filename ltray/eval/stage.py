@@ -179,7 +179,7 @@ def stage_eval(run: FittedRun, cfg: Config) -> Any:
                       ranker_weight=blend_choice.get("ranker_weight"), cold_share=blend_choice.get("cold_share"),
                       quota_by=blend_choice.get("quota_by"))
     test = bundle.test
-    users = np.array([u for u in np.unique(test["user_id"].astype(str)) if rec.generator.user_row(u) is not None])
+    users = rec.generator.known_users(test["user_id"])
     upos = {u: i for i, u in enumerate(users)}
     test_csr = _csr(test, upos, rec.generator.item_rows(test["item_id"].to_numpy()), len(bundle.item_ids))
     grid = tuple(cfg.eval.tail_share_grid)
