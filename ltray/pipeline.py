@@ -86,11 +86,13 @@ def stage_data(store: ArtifactStore, cfg: Config, holdout: bool, dataset: Datase
             pq.write_table(pa.Table.from_pandas(segs, preserve_index=False), w / "segments.parquet")
             w.info.update(items=len(ds.items), train=len(train), test=0 if test is None else len(test),
                           segments={s.label: int((seg == s).sum()) for s in Segment})
-        store.update_manifest(config=cfg.to_dict(), inputs=ds.sources, dataset=ds.name)
         log.info("data: %s items, %s train / %s test interactions", f"{len(ds.items):,}", f"{len(train):,}",
                  f"{0 if test is None else len(test):,}")
     else:
         log.info("data: unchanged, skipped")
+    # Every run records its config, data reused or not: readers (Serve, `ltray recommend`) take the
+    # manifest's config, and the stages this run redoes (e.g. rank for a new blend setting) follow it.
+    store.update_manifest(config=cfg.to_dict(), inputs=ds.sources, dataset=ds.name)
     bundle.timings["data"] = time.perf_counter() - t0
     return bundle
 

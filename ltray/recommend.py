@@ -225,19 +225,29 @@ class Recommender:
         return out
 
     def cold_score(self, state: UserState | None, cands: CandidateTable) -> np.ndarray | None:
-        """What fills the cold quota (blend.cold_order): the text search's score (content: the best match of
-        the profile and the recent items), the cosine to the profile alone (profile), or None for the final
-        score."""
+        """What fills the cold quota (blend.cold_order), scored on cold rows (NaN elsewhere) or None for the
+        final score. content_bridge adds two views of a cold item, each as a z-score over the user's cold
+        candidates: the text search's score (the best match of the profile and the recent items) and the
+        text->CF bridge's (the user's ALS factor against the factors predicted from the item's text)."""
         order = self.cfg.blend.cold_order
         if order == "content":
             return np.asarray(cands["tail_score"])
         if order == "score":
             return None
         idx = np.asarray(cands["item_idx"], np.int64)
+        cold = self.models.item_segment[idx] == Segment.COLD
         score = np.full(len(idx), np.nan, np.float32)
-        if state is not None and np.any(state.profile):
-            cold = self.models.item_segment[idx] == Segment.COLD
-            score[cold] = self.models.item_vectors[idx[cold]] @ np.asarray(state.profile, np.float32)
+        if state is None or not cold.any():
+            return score
+        if order == "profile":
+            if np.any(state.profile):
+                score[cold] = self.models.item_vectors[idx[cold]] @ np.asarray(state.profile, np.float32)
+            return score
+        content = np.asarray(cands["tail_score"], np.float64)[cold]
+        found = np.isfinite(content)  # a cold item another source brought ranks last in the text search
+        content = np.where(found, content, content[found].min() if found.any() else 0.0)
+        bridge = self.models.item_bridge[idx[cold]].astype(np.float64) @ np.asarray(state.factor, np.float64)
+        score[cold] = _zscore(content) + _zscore(bridge)
         return score
 
     def recommend_rows(self, user_ids, k: int, settings: Sequence[BlendSetting] = (BlendSetting(),)
@@ -316,3 +326,9 @@ def _source_order(cands: CandidateTable) -> np.ndarray:
 
 
 __all__ = ["Explainer", "Recommender", "feature_context", "load_recommender"]
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """x on a common scale (mean 0, sd 1); all zeros when x is constant: that view then decides nothing."""
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)

@@ -103,6 +103,25 @@ def test_rerun_is_a_no_op(synthetic_run, ray_cluster, caplog):
         assert after[stage]["version"] == before[stage]["version"]
 
 
+def test_a_rerun_records_its_config_where_the_data_stage_is_reused(tmp_path):
+    """The manifest's config (what Serve and `ltray recommend` read back) is the latest run's, also when
+    the data stage is reused and only later stages redo their work (a new blend setting: the rank stage).
+    It used to be written with the data stage only, so a run folder re-ranked under a new cold order
+    was served and replayed with the old one."""
+    from ltray.artifacts import ArtifactStore
+    from ltray.config import Config
+    from ltray.pipeline import stage_data
+
+    cfg = Config.model_validate({"data": {"synthetic": {"n_users": 60, "n_items": 80}}})
+    store = ArtifactStore(tmp_path / "run")
+    stage_data(store, cfg, holdout=True, check_sizes=False)
+    version = store.stage_info("data")["version"]
+    changed = cfg.model_copy(update={"blend": cfg.blend.model_copy(update={"cold_order": "profile"})})
+    stage_data(store, changed, holdout=True, check_sizes=False)
+    assert store.stage_info("data")["version"] == version
+    assert Config.model_validate(store.manifest()["config"]) == changed != cfg
+
+
 def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
     """recommend_rows recalls users in chunks (one FAISS search per chunk): the lists must be what each
     user's own request gives, across a chunk boundary and for a user the model does not know."""
@@ -124,9 +143,9 @@ def test_evaluation_lists_equal_one_user_at_a_time(synthetic_run):
         np.testing.assert_array_equal(rows[asked][r, : len(shared)], shared, err_msg=u)
 
 
-def test_profile_cold_order_fills_the_cold_quota_by_closeness_to_the_profile(synthetic_run):
-    """blend.cold_order=profile: the cold quota takes the cold candidates nearest the user's profile; batch
-    lists equal single requests; the orders give different lists."""
+def test_cold_orders_fill_the_cold_quota_alike_in_batch_and_single_requests(synthetic_run):
+    """blend.cold_order: profile's cold quota takes the cold candidates nearest the user's profile; under
+    every order batch lists equal single requests; the orders give different lists."""
     import numpy as np
 
     from ltray.blend import BlendSetting
@@ -138,7 +157,7 @@ def test_profile_cold_order_fills_the_cold_quota_by_closeness_to_the_profile(syn
     rec.cold_share, rec.quota_by = 0.2, "uniform"  # 4 cold slots in every list of 20
     users = rec.models.user_ids[:40]
     seg, lists = rec.models.item_segment, {}
-    for order in ("content", "profile"):
+    for order in ("content", "profile", "content_bridge"):
         rec.cfg = rec.cfg.model_copy(update={"blend": rec.cfg.blend.model_copy(update={"cold_order": order})})
         lists[order] = rec.recommend_rows(users, 20)[BlendSetting()]
         for r, u in enumerate(users):
@@ -151,6 +170,7 @@ def test_profile_cold_order_fills_the_cold_quota_by_closeness_to_the_profile(syn
         nearest = cold[np.argsort(-(rec.models.item_vectors[cold] @ state.profile), kind="stable")[:4]]
         assert set(nearest) <= set(lists["profile"][r]), u  # more cold items may win on score
     assert (lists["content"] != lists["profile"]).any(axis=1).sum() > 0
+    assert (lists["content"] != lists["content_bridge"]).any(axis=1).sum() > 0
 
 
 def test_operating_points_score_every_searched_point_as_the_eval_stage_does(synthetic_run, load_benchmark):

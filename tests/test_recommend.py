@@ -281,3 +281,36 @@ def test_cold_score_follows_the_cold_order():
         assert got is None if cold_score is None else np.allclose(got, cold_score, equal_nan=True), order
         pos, _ = blend_positions(score, rec.models.item_segment, 2, 0.0, cold_share=0.5, cold_score=got)
         assert sorted(pos.tolist()) == [0, want], order
+
+
+def test_content_bridge_cold_order_adds_the_text_and_the_bridge_views():
+    """content_bridge: a z-score of the text search's score plus one of the bridge's (ALS factor x factors
+    predicted from text), over the user's cold candidates; a cold item the text search did not bring counts
+    as its worst; a user without an ALS factor gets the text order."""
+    from types import SimpleNamespace
+
+    from ltray.recommend import Recommender
+    from ltray.user_state import UserState
+
+    rec = Recommender.__new__(Recommender)
+    rec.cfg = SimpleNamespace(blend=SimpleNamespace(cold_order="content_bridge"))
+    rec.models = SimpleNamespace(
+        item_vectors=np.eye(4, 2, dtype=np.float32), item_segment=np.array([1, 2, 2, 2], np.int8),
+        item_bridge=np.array([[9, 0], [0, 0], [1, 0], [3, 0]], np.float32))
+    # Item 3 came from another source (no text score); item 0 is a tail item.
+    cands = {"item_idx": np.array([0, 1, 2, 3]), "tail_score": np.array([0.5, 0.9, 0.1, np.nan], np.float32)}
+
+    def state(factor):
+        return UserState(np.asarray(factor, np.float32), np.array([1, 0], np.float32), np.zeros(0, np.int64),
+                         np.zeros(0, np.int64))
+
+    got = rec.cold_score(state([1, 0]), cands)
+    assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
+    # text z (1.41, -0.71, -0.71) + bridge z (-1.07, -0.27, 1.34): the bridge's favourite leads, the text's
+    # favourite beats the item both views rank low.
+    assert np.argsort(-got[1:]).tolist() == [2, 0, 1]
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(got[1:], z(np.array([0.9, 0.1, 0.1])) + z(np.array([0.0, 1.0, 3.0])), rtol=1e-5)
+    no_factor = rec.cold_score(state([0, 0]), cands)
+    np.testing.assert_allclose(no_factor[1:], z(np.array([0.9, 0.1, 0.1])), rtol=1e-5)
+    assert np.isnan(rec.cold_score(None, cands)).all()
