@@ -173,6 +173,35 @@ def test_cold_orders_fill_the_cold_quota_alike_in_batch_and_single_requests(synt
     assert (lists["content"] != lists["content_bridge"]).any(axis=1).sum() > 0
 
 
+def test_serve_stages_fill_the_cold_quota_as_the_recommender_does(synthetic_run):
+    """Serve's chain split (CFRecall -> TailRetrieval -> CTRRanker, its stage classes run here in process)
+    gives the in-process Recommender's lists with a cold quota under the default cold order, which needs
+    the user's ALS factor and the bridge at the ranker. The HTTP tests' run takes no cold slot."""
+
+    from deployments.stages import Artifacts, RankStage, RecallStage, RetrievalStage
+    from ltray.data.segments import Segment
+    from ltray.recommend import load_recommender
+    from ltray.user_state import Ask
+
+    _, art, _, _ = synthetic_run
+    stages = Artifacts(str(art))
+    recall, retrieval, rank = RecallStage(stages), RetrievalStage(stages), RankStage(stages)
+    rec = load_recommender(art)
+    assert rec.cfg.blend.cold_order == rank.rec.cfg.blend.cold_order == "content_bridge"
+    for r in (rec, rank.rec):
+        r.cold_share, r.quota_by = 0.2, "uniform"  # 4 cold slots in every list of 20
+    users = [str(u) for u in rec.models.user_ids[:30]]
+    recalls = [recall.recall(u) for u in users]
+    ranked = rank.rank_many([Ask(u, 20) for u in users], [r.state for r in recalls],
+                            retrieval.candidates_many(recalls))
+    n_cold = []
+    for u, got in zip(users, ranked, strict=True):
+        want = rec.recommend(u, k=20, explain=False)
+        assert got.top["item_id"].tolist() == want["item_id"].tolist(), u
+        n_cold.append(int((rec.models.item_segment[got.top["item_idx"]] == Segment.COLD).sum()))
+    assert min(n_cold) >= 4, n_cold
+
+
 def test_operating_points_score_every_searched_point_as_the_eval_stage_does(synthetic_run, load_benchmark):
     """benchmarks/operating_points.py: every point of the validation curve scored on test; the point the
     run chose gets the eval stage's own numbers, and each point carries its verdict."""
