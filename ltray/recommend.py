@@ -325,10 +325,10 @@ def _source_order(cands: CandidateTable) -> np.ndarray:
     return np.where(np.isfinite(cf), 10.0 + cf, np.nan_to_num(other, nan=-1.0)).astype(np.float32)
 
 
-__all__ = ["Explainer", "Recommender", "feature_context", "load_recommender"]
-
-
 def _zscore(x: np.ndarray) -> np.ndarray:
     """x on a common scale (mean 0, sd 1); all zeros when x is constant: that view then decides nothing."""
     sd = x.std()
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+__all__ = ["Explainer", "Recommender", "feature_context", "load_recommender"]
