@@ -304,10 +304,11 @@ class EvalConfig(_Section):
     ks: tuple[int, ...] = (10, 20)
     max_recall_loss: float = Field(
         0.01, ge=0, lt=1, description="the operating point keeps validation Recall@20 within this share of "
-        "CF-only's (the best validated single source): the accuracy the product promises, 0.99x the best CF")
+        "the best single CF source's (the CF mix, ALS alone or item-item alone, on the validation users): the "
+        "accuracy the product promises, 0.99x the best CF")
     recall_floor_z: float = Field(
         1.0, ge=0, description="an operating point must clear the recall floor by this many standard errors "
-        "of its per-user Recall@20 difference to CF-only (paired over the validation users); 0 = the plain floor")
+        "of its per-user Recall@20 difference to that source (paired over the validation users); 0 = the plain floor")
     long_tail_objective: Literal["sum", "balanced"] = Field(
         "balanced", description="what the operating point maximises within the recall floor: the geometric "
         "mean of TailRecall@20 and ColdRecall@20 (balanced: neither kind of long tail is given up for the "

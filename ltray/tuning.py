@@ -10,6 +10,7 @@ again on both halves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +38,17 @@ _OBJECTIVES = {"balanced": f"sqrt(TailRecall@{TUNE_K} x ColdRecall@{TUNE_K})",
                "sum": f"TailRecall@{TUNE_K} + ColdRecall@{TUNE_K}"}
 
 
-def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.ndarray, k: int) -> np.ndarray:
-    """Each user's top k by the CF score alone over the whole catalog: the list the recall floor is set by."""
+def cf_only_rows(models: CandidateModels, gen: CandidateGenerator, users: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each user's top k over the whole catalog by each CF source alone: the mixed CF score (`cf`), ALS
+    alone (`als`) and the item-item model alone (`item`, where there is one). The best of them on
+    validation sets the recall floor."""
     rows = np.array([gen.user_row(u) for u in users], np.int64)
     seen = models.als.seen
     histories = [seen.indices[seen.indptr[r]:seen.indptr[r + 1]].astype(np.int64) for r in rows]
-    return models.cf.recommend(models.als.user_factors[rows], histories, k, exclude=histories)
+    mixes = {"cf": models.cf.mix, "als": 0.0, **({"item": 1.0} if models.cf.item_item is not None else {})}
+    return {name: dataclasses.replace(models.cf, mix=m).recommend(models.als.user_factors[rows], histories, k,
+                                                                   exclude=histories)
+            for name, m in mixes.items()}
 
 
 def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int = TUNE_K) -> float:
@@ -91,13 +97,20 @@ def blend_settings(cfg: Config) -> list[BlendSetting]:
 
 def operating_curve(rec: Recommender, gen: CandidateGenerator, valid: pd.DataFrame, users: np.ndarray,
                     cfg: Config) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """(every blend setting with its validation metrics and floor_se, CF-only's metrics) on `users`."""
+    """(every blend setting with its validation metrics and floor_se, the floor source's metrics) on `users`.
+
+    The floor source is the most accurate single CF source on these users (the CF mix, ALS alone or the
+    item-item model alone): the tuned mix is chosen on other users and can trail one of its parts here.
+    """
     models = rec.models
     settings = blend_settings(cfg)
     lists = rec.recommend_rows(users, TUNE_K, settings=settings)
     held = held_out(valid, pd.Index(users), pd.Index(models.item_ids))
-    cf_lists = cf_only_rows(models, gen, users, TUNE_K)
-    cf_metrics = evaluate(cf_lists, held, models.item_segment, models.item_pop, ks=(TUNE_K,))
+    by_source = {name: (rows, evaluate(rows, held, models.item_segment, models.item_pop, ks=(TUNE_K,)))
+                 for name, rows in cf_only_rows(models, gen, users, TUNE_K).items()}
+    source = max(by_source, key=lambda n: (by_source[n][1][f"Recall@{TUNE_K}"], n == "cf"))
+    cf_lists, cf_metrics = by_source[source]
+    cf_metrics = {**cf_metrics, "source": source}
     cf_users = user_recall(cf_lists, held)
     curve = []
     for st in settings:
@@ -112,11 +125,12 @@ def blend_record(chosen: dict[str, Any], cf_metrics: dict[str, float], curve: li
     """What the rank stage stores as blend.json: the chosen point, the rule, and the curve it came from."""
     e = cfg.eval
     rule = (f"most long-tail value ({e.long_tail_objective}: {_OBJECTIVES[e.long_tail_objective]}) with "
-            f"Recall@{TUNE_K} >= (1 - {e.max_recall_loss}) x CF-only"
+            f"Recall@{TUNE_K} >= (1 - {e.max_recall_loss}) x the best single CF source ({cf_metrics.get('source', 'cf')})"
             + (f" + {e.recall_floor_z:g} paired standard errors" if e.recall_floor_z else ""))
     return {**{k: chosen[k] for k in BlendSetting._fields}, "chosen_on": "validation", "rule": rule,
             "validation": {k: v for k, v in chosen.items() if "@" in k},
-            "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k}, "curve": curve}
+            "cf_only": {k: float(v) for k, v in cf_metrics.items() if "@" in k},
+            "floor_source": cf_metrics.get("source", "cf"), "curve": curve}
 
 
 def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_dir: Path) -> dict[str, Any]:
@@ -167,9 +181,9 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
         chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                    objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
         log.info("rank: ranker_weight %g, tail_share %.2f, cold_share %.2f, quotas by %s (validation "
-                 "Recall@%d %.4f vs CF %.4f, TailRecall@%d %.4f)", chosen["ranker_weight"], chosen["tail_share"],
-                 chosen["cold_share"], chosen["quota_by"], TUNE_K, chosen[f"Recall@{TUNE_K}"],
-                 cf_metrics[f"Recall@{TUNE_K}"], TUNE_K, chosen[f"TailRecall@{TUNE_K}"])
+                 "Recall@%d %.4f vs %s alone %.4f, TailRecall@%d %.4f)", chosen["ranker_weight"],
+                 chosen["tail_share"], chosen["cold_share"], chosen["quota_by"], TUNE_K, chosen[f"Recall@{TUNE_K}"],
+                 cf_metrics["source"], cf_metrics[f"Recall@{TUNE_K}"], TUNE_K, chosen[f"TailRecall@{TUNE_K}"])
         return chosen, cf_metrics, curve
 
     table = training_table(train_users)

@@ -166,3 +166,41 @@ def test_the_cf_only_list_is_the_top_of_the_mixed_score(small_config, small_synt
         s[hist[r]] = -np.inf
         assert not np.isin(lists[r], hist[r]).any()
         np.testing.assert_allclose(s[lists[r]], np.sort(s)[::-1][:10], rtol=1e-5)
+
+
+def test_the_recall_floor_is_set_by_the_best_single_cf_source(small_config, small_synthetic):
+    """ALS alone, the item-item model alone and their mix each give a CF-only list; the floor takes the best."""
+    import pandas as pd
+
+    from ltray.candidates import CandidateGenerator, CandidateModels
+    from ltray.data.segments import segment_code_array
+    from ltray.recommend import Recommender
+    from ltray.tuning import cf_only_rows, operating_curve
+
+    cfg = small_config.model_copy(update={"cf": small_config.cf.model_copy(update={"mix": 0.25})})
+    ds = small_synthetic
+    item_ids = ds.items["item_id"].to_numpy().astype(str)
+    vectors = np.random.default_rng(0).normal(size=(len(item_ids), 16)).astype(np.float32)
+    models = CandidateModels.fit(ds.interactions, item_ids, vectors,
+                                 segment_code_array(item_ids, ds.interactions, 0.8), cfg)
+    gen = CandidateGenerator(models, cfg)
+    users = models.user_ids[:12].astype(str)
+    lists = cf_only_rows(models, gen, users, 10)
+    assert set(lists) == {"cf", "als", "item"}
+    seen = models.als.seen
+    for j, u in enumerate(users):
+        r = gen.user_row(u)
+        hist = seen.indices[seen.indptr[r]:seen.indptr[r + 1]].astype(np.int64)
+        for name, score in (("als", models.cf.als_z(models.als.user_factors[r])[0]),
+                            ("item", models.cf.item_item.z_scores([hist], np.arange(len(item_ids))))):
+            s = np.asarray(score, np.float64).copy()
+            s[hist] = -np.inf
+            np.testing.assert_allclose(s[lists[name][j]], np.sort(s)[::-1][:10], rtol=1e-5, err_msg=name)
+    assert not all(np.array_equal(lists["item"][j], lists["cf"][j]) for j in range(len(users)))
+    # Held-out items that only the item-item list finds: the floor is the item-item model's recall.
+    valid = pd.DataFrame([(u, item_ids[i], 0) for j, u in enumerate(users) for i in lists["item"][j][:3]
+                          if i not in lists["cf"][j] and i not in lists["als"][j]], columns=["user_id", "item_id", "ts"])
+    assert len(valid)
+    rec = Recommender(models, None, cfg, tail_share=0.0)
+    _, floor = operating_curve(rec, gen, valid, users, cfg)
+    assert floor["source"] == "item" and floor["Recall@20"] > 0
