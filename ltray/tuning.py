@@ -4,7 +4,7 @@ Train is split per user by time into `fit` and `valid`. Candidate models fitted 
 `fit` produce each user's candidates; half of the users' `valid` items label the
 ranker's training table; the other half picks the operating point: the most
 long-tail recall (tail and cold, `eval.long_tail_objective`) whose Recall@K stays within
-`eval.max_recall_loss` of CF alone. With `rank.refit_on_all` the ranker kept is trained
+`eval.max_recall_loss` of the best CF source alone. With `rank.refit_on_all` the ranker kept is trained
 again on both halves.
 """
 

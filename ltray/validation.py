@@ -119,6 +119,10 @@ class ValidationSplit:
         r = user_recall(lists, self.held, k)
         return float(r.mean()) if len(r) else 0.0
 
+    def user_recalls(self, lists: np.ndarray, k: int = TUNE_K) -> np.ndarray:
+        """Recall@k of each scored user (the paired scores `one_se_largest` compares)."""
+        return user_recall(lists, self.held, k)
+
 
 def grid_search(grid: Mapping[str, list], score: Callable[[dict[str, Any]], float], metric: str = f"Recall@{TUNE_K}"
                 ) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
@@ -141,6 +145,29 @@ def _timed(score: Callable[[dict[str, Any]], float], point: dict[str, Any], metr
     s = score(point)
     trials.append({**point, metric: s, "fit_s": round(time.perf_counter() - t, 3)})
     return s
+
+
+def one_se_largest(name: str, values: list[float], score: Callable[[dict[str, Any]], np.ndarray],
+                   metric: str = f"Recall@{TUNE_K}") -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """The one-standard-error rule for a penalty: every value is scored per user, and the largest value whose
+    mean is within one standard error (of the per-user difference) of the best's is taken. A near-tie goes to
+    the stronger penalty, which the validation users cannot tell apart and which generalises more safely.
+    Returns ({name: value}, its mean score, trials)."""
+    trials: list[dict[str, Any]] = []
+    scores: dict[float, np.ndarray] = {}
+    for v in values:
+        t = time.perf_counter()
+        scores[v] = np.asarray(score({name: v}), np.float64)
+        trials.append({name: v, metric: float(scores[v].mean()), "fit_s": round(time.perf_counter() - t, 3)})
+    best = max(scores, key=lambda v: scores[v].mean())
+
+    def within(v) -> bool:
+        d = scores[best] - scores[v]
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        return d.mean() <= se
+
+    chosen = max(v for v in values if within(v))
+    return {name: chosen}, float(scores[chosen].mean()), trials
 
 
 def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Callable[[dict[str, Any]], float],
@@ -175,5 +202,5 @@ def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Ca
     return best, best_score, trials
 
 
-__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "grid_search", "held_out", "ranker_halves",
-           "user_recall"]
+__all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "grid_search", "held_out", "one_se_largest",
+           "ranker_halves", "user_recall"]

@@ -9,7 +9,7 @@ from ltray.cf.als import ALSRecall
 from ltray.cf.tune import chosen_params, tune_cf, with_cf
 from ltray.config import Config, ConfigError, load_config
 from ltray.data.synthetic import generate
-from ltray.validation import coordinate_search
+from ltray.validation import coordinate_search, one_se_largest
 
 
 def _with_cf(cfg: Config, **cf) -> Config:
@@ -62,6 +62,19 @@ def test_coordinate_search_moves_one_field_at_a_time_and_keeps_the_start_on_ties
     assert len(trials) == 5  # start, a=1, a=2, b=1, b=2: each point once
     flat, _, _ = coordinate_search(grid, {"a": 1, "b": 1}, lambda p: 0.0)
     assert flat == {"a": 1, "b": 1}
+
+
+def test_a_penalty_takes_the_largest_value_within_one_standard_error_of_the_best():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 500)
+    noise = rng.normal(0, 0.2, 500)
+    near = {20.0: base + 0.004 + noise - noise.mean(), 200.0: base, 2000.0: base - 0.1}
+    point, value, trials = one_se_largest("l2", [200.0, 20.0, 2000.0], lambda p: near[p["l2"]])
+    assert near[20.0].mean() > near[200.0].mean()  # 20 leads, within its noise: the stronger penalty wins
+    assert point == {"l2": 200.0} and value == pytest.approx(base.mean())
+    assert [t["l2"] for t in trials] == [200.0, 20.0, 2000.0] and all("fit_s" in t for t in trials)
+    clear = {20.0: base + 0.05, 200.0: base, 2000.0: base - 0.1}  # 20 better at every user
+    assert one_se_largest("l2", [20.0, 200.0, 2000.0], lambda p: clear[p["l2"]])[0] == {"l2": 20.0}
 
 
 def test_binary_weighting_ignores_the_weights():
