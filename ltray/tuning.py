@@ -1,11 +1,13 @@
 """Train the ranker on candidates it will really see, and choose the tail share on validation.
 
 Train is split per user by time into `fit` and `valid`. Candidate models fitted on
-`fit` produce each user's candidates; half of the users' `valid` items label the
-ranker's training table; the other half picks the operating point: the most
+`fit` produce each user's candidates; the users with `valid` items are halved, and each
+half's `valid` items label the training table of a ranker that lists the other half
+(cross-fitting), so the operating point is chosen on every validation user: the most
 long-tail recall (tail and cold, `eval.long_tail_objective`) whose Recall@K stays within
-`eval.max_recall_loss` of the best CF source alone. With `rank.refit_on_all` the ranker kept is trained
-again on both halves.
+`eval.max_recall_loss` of the best CF source alone. The ranker kept learns from both halves
+(`rank.refit_on_all`; without it, it is the first half's ranker and the point is chosen on the
+second half alone).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -95,16 +98,20 @@ def blend_settings(cfg: Config) -> list[BlendSetting]:
             for q in quotas if q == quotas[0] or s + c > 0]  # with no quota every spread is the same list
 
 
-def operating_curve(rec: Recommender, gen: CandidateGenerator, valid: pd.DataFrame, users: np.ndarray,
+def operating_curve(parts: Sequence[tuple[Recommender, np.ndarray]], gen: CandidateGenerator, valid: pd.DataFrame,
                     cfg: Config) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """(every blend setting with its validation metrics and floor_se, the floor source's metrics) on `users`.
+    """(every blend setting with its validation metrics and floor_se, the floor source's metrics).
 
-    The floor source is the most accurate single CF source on these users (the CF mix, ALS alone or the
-    item-item model alone): the tuned mix is chosen on other users and can trail one of its parts here.
+    `parts` pairs each Recommender with the users it lists (users its ranker never learned from); the
+    metrics pool every part's users. The floor source is the most accurate single CF source on them (the
+    CF mix, ALS alone or the item-item model alone): the tuned mix is chosen on other users and can trail
+    one of its parts here.
     """
-    models = rec.models
+    models = parts[0][0].models
     settings = blend_settings(cfg)
-    lists = rec.recommend_rows(users, TUNE_K, settings=settings)
+    users = np.concatenate([u for _, u in parts])
+    by_part = [rec.recommend_rows(u, TUNE_K, settings=settings) for rec, u in parts]
+    lists = {st: np.concatenate([rows[st] for rows in by_part]) for st in settings}
     held = held_out(valid, pd.Index(users), pd.Index(models.item_ids))
     by_source = {name: (rows, evaluate(rows, held, models.item_segment, models.item_pop, ks=(TUNE_K,)))
                  for name, rows in cf_only_rows(models, gen, users, TUNE_K).items()}
@@ -164,9 +171,12 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
     storage = cfg.rank.storage_path or str(Path(out_dir).resolve().parent / "_train")
     texts = bundle.items["text"].tolist() if cfg.rank.text_tower != "frozen" else None  # catalog order
 
+    def split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return time_validation_split(table, cfg.rank.validation_fraction,
+                                     by="user_id" if cfg.rank.validation_per_user else None)
+
     def train(table: pd.DataFrame, into: Path, which: str, in_process: bool = False) -> dict[str, Any]:
-        train_df, val_df = time_validation_split(table, cfg.rank.validation_fraction,
-                                                 by="user_id" if cfg.rank.validation_per_user else None)
+        train_df, val_df = split(table)
         builder = FeatureBuilder(cfg.rank).fit(ctx, np.flatnonzero(models.item_pop > 0), table=train_df)
         metrics = train_ctr(train_df, val_df, ctx, builder, cfg.rank, into, storage_path=storage, item_texts=texts,
                             in_process=in_process)
@@ -174,10 +184,10 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
                  metrics["epochs_run"], f"{metrics['n_train']:,}", ", in process" if in_process else "")
         return metrics
 
-    def choose(ranker_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-        """The operating point, scored on the tuning users with the ranker in `ranker_dir`."""
-        rec = Recommender(models, Ranker.load(ranker_dir), cfg)
-        curve, cf_metrics = operating_curve(rec, gen, valid, tune_users, cfg)
+    def choose(parts: list[tuple[Path, np.ndarray]]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """The operating point, scored on each (ranker folder, users it never learned from) pair together."""
+        curve, cf_metrics = operating_curve([(Recommender(models, Ranker.load(d), cfg), u) for d, u in parts],
+                                            gen, valid, cfg)
         chosen = choose_tail_share(curve, cf_metrics[f"Recall@{TUNE_K}"], cfg.eval.max_recall_loss,
                                    objective=cfg.eval.long_tail_objective, z=cfg.eval.recall_floor_z)
         log.info("rank: ranker_weight %g, tail_share %.2f, cold_share %.2f, quotas by %s (validation "
@@ -188,21 +198,32 @@ def train_ranker_and_choose_blend(bundle, vectors: np.ndarray, cfg: Config, out_
 
     table = training_table(train_users)
     if cfg.rank.refit_on_all:
-        # The point is chosen with a ranker that never saw the tuning users; the ranker kept learns from
-        # every validation user (twice the labels, less seed spread), with the same settings, on Ray
-        # Train. The choice's ranker is thrown away, so it trains here, with the same loop, while the
-        # kept one's workers start (Train's start-up is most of a small training's time).
+        # Cross-fitting: each half's ranker lists the other half, so the point is chosen on every validation
+        # user (half the variance of one half) and never on users its ranker saw. The ranker kept learns from
+        # every validation user (twice the labels, less seed spread), with the same settings, on Ray Train.
+        # The choice's rankers are thrown away, so they train here, with the same loop, while the kept one's
+        # workers start (Train's start-up is most of a small training's time).
         log.info("rank: the kept ranker learns from all %d users", len(users))
-        table_all = pd.concat([table, training_table(tune_users)], ignore_index=True)
-        choice_dir = Path(out_dir) / "_choice"
+        tune_table = training_table(tune_users)
+        table_all = pd.concat([table, tune_table], ignore_index=True)
+        parts = [(Path(out_dir) / "_choice_a", tune_users), (Path(out_dir) / "_choice_b", train_users)]
+        try:
+            split(tune_table)
+        except ValueError:  # data.checks only promises that the first half can train a ranker
+            log.warning("rank: the second half of the validation users is too small to train a ranker of its "
+                        "own; the operating point is chosen on it alone, with the first half's ranker")
+            parts = parts[:1]
+        tables = [(table, "first half"), (tune_table, "second half")][:len(parts)]
         with ThreadPoolExecutor(1, thread_name_prefix="ltray-kept-ranker") as pool:
             kept = pool.submit(train, table_all, Path(out_dir), "kept ranker")
-            train(table, choice_dir, "choice ranker", in_process=True)
-            chosen, cf_metrics, curve = choose(choice_dir)
+            for (d, _), (t, which) in zip(parts, tables, strict=True):
+                train(t, d, f"choice ranker, {which}", in_process=True)
+            chosen, cf_metrics, curve = choose(parts)
             metrics = kept.result()
-        shutil.rmtree(choice_dir)
+        for d, _ in parts:
+            shutil.rmtree(d)
     else:
         metrics = train(table, Path(out_dir), "ranker")
-        chosen, cf_metrics, curve = choose(Path(out_dir))
+        chosen, cf_metrics, curve = choose([(Path(out_dir), tune_users)])
     blend = blend_record(chosen, cf_metrics, curve, cfg)
     return {"blend": blend, "metrics": {k: v for k, v in metrics.items() if k != "history"}}

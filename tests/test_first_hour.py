@@ -294,3 +294,29 @@ def test_the_manifest_of_a_reader_run_is_untouched(tmp_path):
     assert "is not a fitted run" in line and "embed, cf, index missing" in line
     assert (tmp_path / "run" / "manifest.json").read_bytes() == before
     assert json.loads(before)["stages"].keys() == {"data"}
+
+
+def test_data_whose_other_half_cannot_train_a_ranker_still_fits(ray_cluster, tmp_path):
+    """The operating point is cross-fitted (each half's ranker lists the other half) where both halves can
+    train a ranker; where only the ranker's half can (all the size checks promise), it is chosen on the
+    other half with that ranker alone, and the run completes."""
+    from ltray.logs import lines_to
+    from ltray.pipeline import run
+
+    cfg = load_config()
+    users = [f"u{i}" for i in range(6)]
+    half = set(ranker_halves(pd.Series(users).to_numpy(), np.random.default_rng(cfg.rank.seed))[0])
+    ds = _dataset({u: (12 if u in half else 6) for u in users})
+    ds.items.assign(title=ds.items["item_id"]).to_csv(tmp_path / "items.csv", index=False)
+    ds.interactions.to_csv(tmp_path / "interactions.csv", index=False)
+    cfg = build_config(None, ["eval.baselines=[mostpop]"], items=str(tmp_path / "items.csv"),
+                       interactions=str(tmp_path / "interactions.csv"))
+    assert check_fit_sizes(load_checked(cfg, True), cfg, holdout=True).ok
+    logs: list[str] = []
+    with lines_to(logs.append):
+        run(cfg, str(tmp_path / "art"))
+    assert any("too small to train a ranker of its own" in line for line in logs), logs
+    trained = [line for line in logs if "choice ranker" in line]
+    assert len(trained) == 1 and "first half" in trained[0]
+    blend = json.loads((tmp_path / "art" / "rank" / "blend.json").read_text())
+    assert blend["chosen_on"] == "validation" and blend["curve"]

@@ -202,5 +202,5 @@ def test_the_recall_floor_is_set_by_the_best_single_cf_source(small_config, smal
                           if i not in lists["cf"][j] and i not in lists["als"][j]], columns=["user_id", "item_id", "ts"])
     assert len(valid)
     rec = Recommender(models, None, cfg, tail_share=0.0)
-    _, floor = operating_curve(rec, gen, valid, users, cfg)
+    _, floor = operating_curve([(rec, users)], gen, valid, cfg)
     assert floor["source"] == "item" and floor["Recall@20"] > 0
