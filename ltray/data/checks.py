@@ -7,8 +7,9 @@ rank stage (``No objects to concatenate``). The rank stage needs, in this order:
    with >= `data.min_user_interactions` distinct items; `ltray fit` skips it);
 2. the same split again on what is left: its last items validate (choose the operating point),
    the rest fit the candidate models. Users left with a validation item and a fit item are the
-   validation users; they are shuffled with `rank.seed` and halved: the ranker learns from one half,
-   the operating point is chosen on the other, so both halves need a user (>= 2 validation users);
+   validation users; they are shuffled with `rank.seed` and halved: a ranker trained on one half lists
+   the other to choose the operating point, so both halves need a user (>= 2 validation users). The
+   second half's own ranker (cross-fitting) is left out where that half cannot train one;
 3. the ranker's own validation split of its half's samples (`rank.validation_fraction`, per user by
    time): a user whose validation items all share one time stays in training, so the ranker's half
    needs a user with two validation items at different times, and an item they have not seen (a
