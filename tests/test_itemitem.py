@@ -146,7 +146,8 @@ def test_item_item_is_recalled_flagged_and_scored(small_config, small_synthetic)
     np.testing.assert_array_equal(raw[:, names.index("from_item")], cols["from_item"])
 
 
-def test_the_cf_only_list_is_the_top_of_the_mixed_score(small_config, small_synthetic):
+def _mixed_cf_models(small_config, small_synthetic):
+    """(config, item ids, candidate models) with CF = 0.75 ALS + 0.25 item-item, random text vectors."""
     from ltray.candidates import CandidateModels
     from ltray.data.segments import segment_code_array
 
@@ -156,6 +157,11 @@ def test_the_cf_only_list_is_the_top_of_the_mixed_score(small_config, small_synt
     vectors = np.random.default_rng(0).normal(size=(len(item_ids), 16)).astype(np.float32)
     models = CandidateModels.fit(ds.interactions, item_ids, vectors,
                                  segment_code_array(item_ids, ds.interactions, 0.8), cfg)
+    return cfg, item_ids, models
+
+
+def test_the_cf_only_list_is_the_top_of_the_mixed_score(small_config, small_synthetic):
+    cfg, item_ids, models = _mixed_cf_models(small_config, small_synthetic)
     seen = models.als.seen
     rows = np.arange(6)
     hist = [seen.indices[seen.indptr[r]:seen.indptr[r + 1]].astype(np.int64) for r in rows]
@@ -172,17 +178,11 @@ def test_the_recall_floor_is_set_by_the_best_single_cf_source(small_config, smal
     """ALS alone, the item-item model alone and their mix each give a CF-only list; the floor takes the best."""
     import pandas as pd
 
-    from ltray.candidates import CandidateGenerator, CandidateModels
-    from ltray.data.segments import segment_code_array
+    from ltray.candidates import CandidateGenerator
     from ltray.recommend import Recommender
     from ltray.tuning import cf_only_rows, operating_curve
 
-    cfg = small_config.model_copy(update={"cf": small_config.cf.model_copy(update={"mix": 0.25})})
-    ds = small_synthetic
-    item_ids = ds.items["item_id"].to_numpy().astype(str)
-    vectors = np.random.default_rng(0).normal(size=(len(item_ids), 16)).astype(np.float32)
-    models = CandidateModels.fit(ds.interactions, item_ids, vectors,
-                                 segment_code_array(item_ids, ds.interactions, 0.8), cfg)
+    cfg, item_ids, models = _mixed_cf_models(small_config, small_synthetic)
     gen = CandidateGenerator(models, cfg)
     users = models.user_ids[:12].astype(str)
     lists = cf_only_rows(models, gen, users, 10)
