@@ -169,6 +169,12 @@ class RankConfig(_Section):
     id_dim: int = Field(16, ge=2)
     text_dim: int = Field(32, ge=2, description="PCA dims of item text vectors and user profiles")
     scaler_sample_pairs: int = Field(20_000, ge=100, description="random pairs for dense stats when no table")
+    text_clusters: tuple[int, ...] = Field(
+        (16, 64, 256), description="k-means sizes over item text vectors (coarse to fine; () = none): per size, "
+        "the share of the user's history in the item's cluster and the item's share of its cluster's interactions")
+    cluster_smoothing: float = Field(
+        1.0, gt=0, description="pseudo-interactions, spread by cluster popularity, added to each user's history "
+        "before the cluster shares are taken (a user without history gets the catalog's shares)")
     hidden: tuple[int, ...] = (128, 64)
     cross_layers: int = Field(2, ge=0)
     epochs: int = Field(3, ge=1)
@@ -214,6 +220,13 @@ class RankConfig(_Section):
     def _mix_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"rank.negative_mix {v} must be three shares >= 0 that sum to 1")
+        return v
+
+    @field_validator("text_clusters")
+    @classmethod
+    def _cluster_sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 2 for k in v) or len(set(v)) != len(v):
+            raise ValueError(f"rank.text_clusters {v} must be distinct sizes >= 2")
         return v
 
 

@@ -119,7 +119,16 @@ def test_debias_fixes_popularity_and_nothing_else(case):
     flat = builder.build(ctx, val, debias_popularity=True)["dense"]
     assert plain[:, col].std() > 0.5
     np.testing.assert_allclose(flat[:, col], 0.0, atol=1e-6)  # the training mean, standardised
-    others = np.arange(plain.shape[1]) != col
+    # The item's share of its text cluster is popularity too: debiased, every item of a cluster has the same.
+    names = builder.dense_names()
+    share = [names.index(f"item_cluster{k}_share") for k in builder.text_clusters]
+    raw = flat * builder.dense_std + builder.dense_mean
+    _, _, clusters = builder._item_arrays(ctx)
+    items = val["item_idx"].to_numpy()
+    for j, c in zip(share, clusters, strict=True):
+        assert plain[:, j].std() > 0.1
+        np.testing.assert_allclose(raw[:, j], -np.log(c.size[c.label[items]]), rtol=1e-5)
+    others = ~np.isin(np.arange(plain.shape[1]), [col, *share])
     np.testing.assert_array_equal(plain[:, others], flat[:, others])
 
 
@@ -191,3 +200,47 @@ def test_per_request_column_form_gives_the_training_features(case, tmp_path):
         f = builder.build(ctx, cols)
         for key in ("user_hash", "item_hash", "dense"):
             np.testing.assert_array_equal(f[key], stored[key][rows], err_msg=f"{key} user {user}")
+
+
+def test_text_cluster_shares_follow_the_history_and_popularity(case):
+    """user share = (history in the item's cluster + a x prior) / (history + a); item share = (pop + 1) / cluster's."""
+    from dataclasses import replace
+
+    import scipy.sparse as sp
+    ctx, val = case["ctx"], case["val"]
+    builder = FeatureBuilder(RankConfig(id_buckets=4096, text_dim=8, text_clusters=(4, 16), cluster_smoothing=2.0))
+    rng = np.random.default_rng(3)
+    n_users, n_items = len(ctx.user_ids), ctx.n_items
+    seen = sp.random(n_users, n_items, density=0.05, format="csr", random_state=4)
+    seen.data[:] = 1.0
+    ctx = replace(ctx, user_seen=seen)
+    builder.fit(ctx, np.flatnonzero(ctx.item_pop > 0), table=case["train"])
+    assert [len(c) for c in builder.cluster_centroids] == [4, 16]
+    raw = builder.build(ctx, val)["dense"] * builder.dense_std + builder.dense_mean
+    names = builder.dense_names()
+    users = val["user_id"].to_numpy()
+    items = val["item_idx"].to_numpy()
+    for k in (4, 16):
+        # Each item's cluster, recomputed: the nearest centroid by cosine.
+        label = (ctx.item_vectors.astype(np.float64) @ builder.cluster_centroids[(4, 16).index(k)].T).argmax(1)
+        pop = ctx.item_pop.astype(np.float64) + 1.0
+        mass = np.bincount(label, weights=pop, minlength=k)
+        for r in rng.choice(len(val), size=30, replace=False):
+            hist = seen[ctx.user_index[users[r]]].indices
+            c = label[items[r]]
+            want_user = ((label[hist] == c).sum() + 2.0 * mass[c] / mass.sum()) / (len(hist) + 2.0)
+            assert raw[r, names.index(f"user_cluster{k}_share")] == pytest.approx(np.log(want_user), rel=1e-4)
+            assert raw[r, names.index(f"item_cluster{k}_share")] == pytest.approx(np.log(pop[items[r]] / mass[c]),
+                                                                                 rel=1e-4)
+    # A user passed as a state with the same history gets the same shares as from the context.
+    u = users[0]
+    row = ctx.user_index[u]
+    state = UserState(ctx.user_factors[row], ctx.user_profiles[row], seen=seen[row].indices, n=ctx.user_n[row],
+                      last_ts=int(ctx.user_last_ts[row]))
+    one = val[val["user_id"] == u]
+    np.testing.assert_array_equal(builder.build(ctx, one)["dense"],
+                                  builder.build(ctx, one, users_override={u: state})["dense"])
+    # Without clusters the columns are gone.
+    plain = FeatureBuilder(RankConfig(id_buckets=4096, text_dim=8, text_clusters=())).fit(
+        ctx, np.flatnonzero(ctx.item_pop > 0), table=case["train"])
+    assert not [n for n in plain.dense_names() if "cluster" in n]

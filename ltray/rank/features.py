@@ -16,9 +16,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import faiss
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 
 from ltray.config import RankConfig
 from ltray.data.segments import Segment
@@ -28,7 +30,7 @@ from ltray.user_state import UserState
 if TYPE_CHECKING:  # a DataFrame with the same columns reads the same (training's tables)
     from ltray.candidates import CandidateTable
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 SOURCE_FLAGS = ("from_cf", "from_item", "from_tail", "from_bridge", "from_pop")
 SPEC_FILE = "feature_spec.json"
 STATE_FILE = "features.npz"
@@ -105,6 +107,34 @@ class FeatureContext:
         return stable_hash(self.item_ids)
 
 
+@dataclass(frozen=True)
+class _Clusters:
+    """One k-means partition of the catalog's texts, with what its shares need."""
+
+    label: np.ndarray  # (n_items,) cluster of each item
+    k: int
+    prior: np.ndarray  # (k,) each cluster's share of interactions (each item counts one more)
+    size: np.ndarray  # (k,) items per cluster
+    item_share: np.ndarray  # (n_items,) the item's share of its cluster's interactions (each item counts one more)
+
+    @classmethod
+    def of(cls, label: np.ndarray, k: int, item_pop: np.ndarray) -> _Clusters:
+        counts = item_pop.astype(np.float64) + 1.0
+        mass = np.bincount(label, weights=counts, minlength=k)
+        size = np.bincount(label, minlength=k).astype(np.float64)
+        return cls(label=label, k=k, prior=mass / mass.sum(), size=np.maximum(size, 1.0),
+                   item_share=counts / mass[label])
+
+
+def _text_centroids(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Spherical k-means centroids (faiss) of unit text vectors; at most one cluster per vector."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = min(k, len(x))
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+    km.train(x)
+    return np.asarray(km.centroids, np.float32)
+
+
 def stable_hash(ids) -> np.ndarray:
     """CRC32 of each id string as int64: stable across processes and runs (unlike hash())."""
     ids = np.asarray(ids).astype(str)
@@ -172,13 +202,16 @@ class FeatureBuilder:
         self.text_dim = cfg.text_dim
         self.scaler_sample_pairs = cfg.scaler_sample_pairs
         self.seed = cfg.seed
+        self.text_clusters = tuple(cfg.text_clusters)
+        self.cluster_smoothing = cfg.cluster_smoothing
+        self.cluster_centroids: list[np.ndarray] = []  # one (k, d) array per size of text_clusters
         self.pca_mean: np.ndarray | None = None  # (d,)
         self.pca_components: np.ndarray | None = None  # (d, k)
         self.dense_mean: np.ndarray | None = None  # (F,)
         self.dense_std: np.ndarray | None = None  # (F,)
         self.text_in_dim: int | None = None
         self.factor_dim: int | None = None
-        self._item_cache: tuple | None = None  # (ctx, PCA) it was made for, item text features, item norms
+        self._item_cache: tuple | None = None  # (ctx, PCA) it was made for, item text features, norms, clusters
 
     # -- layout -------------------------------------------------------------------
     @property
@@ -196,7 +229,8 @@ class FeatureBuilder:
         return ([f"item_text_{i}" for i in range(k)] + [f"user_text_{i}" for i in range(k)]
                 + ["profile_cosine", "als_score", "als_z", "recent_cf_cosine", "bridge_score", "item_z", *SOURCE_FLAGS,
                    "log_item_pop"]
-                + [f"segment_{s.label}" for s in Segment] + ["log_user_n", "log_days_since_last"])
+                + [f"segment_{s.label}" for s in Segment] + ["log_user_n", "log_days_since_last"]
+                + [f"{who}_cluster{k}_share" for k in self.text_clusters for who in ("user", "item")])
 
     def _unscaled_mask(self) -> np.ndarray:
         """Flags and one-hots stay 0/1: standardising them adds nothing."""
@@ -226,6 +260,7 @@ class FeatureBuilder:
         signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
         self.pca_components = (comps * np.where(signs == 0, 1.0, signs)).astype(np.float32)
         self.pca_mean = self.pca_mean.astype(np.float32)
+        self.cluster_centroids = [_text_centroids(ctx.item_vectors[idx], k, self.seed) for k in self.text_clusters]
         self.text_in_dim = int(ctx.item_vectors.shape[1])
         self.factor_dim = int(ctx.item_factors.shape[1])
         if table is None:
@@ -251,7 +286,7 @@ class FeatureBuilder:
         # float64 maths: BLAS float32 results depend on the batch shape, and a row's features must
         # not depend on which other rows it is built with (training bulk vs one Serve request).
         comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
-        all_text, all_norm = self._item_arrays(ctx)
+        all_text, all_norm, clusters = self._item_arrays(ctx)
         item_text = all_text[item_idx]
         user_text = (prof.astype(np.float64) - mean) @ comps
         # One dot product per row: float64 sums over float32 inputs, never a batch-shaped BLAS call.
@@ -284,20 +319,47 @@ class FeatureBuilder:
         cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
                 bridge[:, None], item_z[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
+        cols += [self._cluster_shares(c, hist, inv, item_idx, debias) for c in clusters]
         return np.concatenate([np.asarray(c, np.float64).reshape(len(item_idx), -1) for c in cols], axis=1)
 
-    def _item_arrays(self, ctx: FeatureContext) -> tuple[np.ndarray, np.ndarray]:
-        """Per-item PCA text features and vector norms, made once per context: every request reuses them."""
+    def _item_arrays(self, ctx: FeatureContext) -> tuple[np.ndarray, np.ndarray, list[_Clusters]]:
+        """Per-item PCA text features, vector norms and text clusters, made once per context: every
+        request reuses them."""
         c = self._item_cache
         if c is None or c[0] is not ctx or c[1] is not self.pca_components:
             comps, mean = self.pca_components.astype(np.float64), self.pca_mean.astype(np.float64)
             n = len(ctx.item_vectors)
             text, norm = np.empty((n, comps.shape[1])), np.empty(n)
+            labels = np.empty((len(self.cluster_centroids), n), np.int64)
+            cents = [cc.astype(np.float64) for cc in self.cluster_centroids]
             for lo in range(0, n, _ITEM_CHUNK):  # float64 copies a chunk at a time, not of the whole catalog
                 v = ctx.item_vectors[lo:lo + _ITEM_CHUNK].astype(np.float64)
                 text[lo:lo + len(v)], norm[lo:lo + len(v)] = (v - mean) @ comps, np.linalg.norm(v, axis=1)
-            self._item_cache = c = (ctx, self.pca_components, text, norm)
-        return c[2], c[3]
+                for j, cc in enumerate(cents):
+                    labels[j, lo:lo + len(v)] = (v @ cc.T).argmax(axis=1)
+            clusters = [_Clusters.of(lab, len(cc), ctx.item_pop) for lab, cc in zip(labels, cents, strict=True)]
+            self._item_cache = c = (ctx, self.pca_components, text, norm, clusters)
+        return c[2], c[3], c[4]
+
+    def _cluster_shares(self, c: _Clusters, hist: list[np.ndarray], inv: np.ndarray, item_idx: np.ndarray,
+                        debias: bool) -> np.ndarray:
+        """log P(item's cluster | user) and log P(item | its cluster), both smoothed: a topic model's two factors.
+
+        The user's share counts their history in the item's cluster plus `cluster_smoothing` pseudo-
+        interactions spread by the clusters' popularity; the item's share is its interactions (plus one)
+        over its cluster's (plus its size). With `debias`, the item's share is its cluster's average.
+        """
+        lengths = np.fromiter((len(h) for h in hist), np.int64, count=len(hist))
+        rows = np.repeat(np.arange(len(hist)), lengths)
+        cols = c.label[np.concatenate(hist).astype(np.int64)] if lengths.sum() else np.zeros(0, np.int64)
+        counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(hist), c.k))
+        item_cluster = c.label[item_idx]
+        in_cluster = np.asarray(counts[inv, item_cluster]).reshape(-1) if len(item_idx) else np.zeros(0)
+        a = self.cluster_smoothing
+        user_share = (in_cluster + a * c.prior[item_cluster]) / (lengths[inv] + a)
+        item_share = (np.full(len(item_idx), 1.0) / c.size[item_cluster] if debias
+                      else c.item_share[item_idx])
+        return np.stack([np.log(user_share), np.log(item_share)], axis=1)
 
     def _pop_constant(self) -> float:
         # The training mean of log-popularity: after standardisation the column is exactly 0.
@@ -344,13 +406,17 @@ class FeatureBuilder:
             "id_buckets": self.id_buckets,
             "id_hash": "crc32",
             "pop_constant": self._pop_constant(),
+            "text_clusters": list(self.text_clusters),
+            "cluster_smoothing": self.cluster_smoothing,
         }
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(out / STATE_FILE, pca_mean=self.pca_mean, pca_components=self.pca_components,
-                 dense_mean=self.dense_mean, dense_std=self.dense_std)
+                 dense_mean=self.dense_mean, dense_std=self.dense_std,
+                 **{f"cluster_centroids_{k}": c for k, c in zip(self.text_clusters, self.cluster_centroids,
+                                                                 strict=True)})
         (out / SPEC_FILE).write_text(json.dumps(self.spec(), indent=2))
 
     @classmethod
@@ -362,10 +428,12 @@ class FeatureBuilder:
         if spec.get("version") != FEATURE_VERSION:
             raise FeatureSpecError(f"{d / SPEC_FILE}: feature version {spec.get('version')} is not "
                                    f"{FEATURE_VERSION}, which this code builds")
-        b = cls(RankConfig(id_buckets=spec["id_buckets"], text_dim=spec["text_dim"]))
+        b = cls(RankConfig(id_buckets=spec["id_buckets"], text_dim=spec["text_dim"],
+                           text_clusters=tuple(spec["text_clusters"]), cluster_smoothing=spec["cluster_smoothing"]))
         with np.load(d / STATE_FILE, allow_pickle=False) as z:
             b.pca_mean, b.pca_components = z["pca_mean"], z["pca_components"]
             b.dense_mean, b.dense_std = z["dense_mean"], z["dense_std"]
+            b.cluster_centroids = [z[f"cluster_centroids_{k}"] for k in b.text_clusters]
         b.text_in_dim, b.factor_dim = spec["text_in_dim"], spec["factor_dim"]
         if b.spec() != spec:
             raise FeatureSpecError(f"{d}: {SPEC_FILE} does not describe {STATE_FILE}: "
