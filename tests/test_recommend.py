@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ltray.blend import blend, blend_positions
 from ltray.recommend import combine
-from ltray.tuning import choose_tail_share, long_tail_value
+from ltray.tuning import choose_tail_share, long_tail_value, most_accurate_weight
 
 
 def _cands(segments, scores):
@@ -91,6 +91,23 @@ def test_recall_floor_in_standard_errors_keeps_a_noisy_point_out():
     ]
     assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)["tail_share"] == 0.2  # plain floor 0.098
     assert choose_tail_share(curve, cf_recall=0.1, max_loss=0.02, z=1.0)["tail_share"] == 0.1
+
+
+def test_ranker_weight_is_chosen_for_accuracy_before_the_shares():
+    # w=32 holds more tail on validation, but w=8 is the more accurate ranking without quotas: the
+    # shares are traded at w=8 only, even though w=32's tail point also keeps the floor.
+    def pt(w, share, recall, tail):
+        return {"ranker_weight": w, "tail_share": share, "cold_share": 0.0, "Recall@20": recall,
+                "TailRecall@20": tail, "ColdRecall@20": 0.0}
+
+    curve = [pt(8, 0.0, 0.110, 0.00), pt(8, 0.1, 0.100, 0.01), pt(8, 0.2, 0.090, 0.02),
+             pt(32, 0.0, 0.105, 0.00), pt(32, 0.1, 0.099, 0.03)]
+    chosen = choose_tail_share(curve, cf_recall=0.1, max_loss=0.02)
+    assert (chosen["ranker_weight"], chosen["tail_share"]) == (8, 0.1)
+    assert most_accurate_weight(curve) == curve[:3]
+    # one weight only (blend.ranker_weight set) or no point without quotas: the whole curve
+    assert most_accurate_weight(curve[3:]) == curve[3:] and most_accurate_weight([curve[1], curve[4]]) == [curve[1],
+                                                                                                          curve[4]]
 
 
 def test_user_recall_averages_to_evaluate_and_its_gap_se_is_paired():
