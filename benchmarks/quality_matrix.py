@@ -53,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATASETS = ("synthetic", "movielens-latest-small", "amazon-office-2014-5core", "lastfm-hetrec-2k")
 METRICS = ("Recall@20", "NDCG@20", "TailRecall@20", "ColdRecall@20", "Coverage@20")
 RESULTS = REPO / "benchmarks" / "results"
-from ltray.eval.verdict import verdict  # noqa: E402
+from ltray.eval.verdict import times, verdict  # noqa: E402
 
 BLOCKS = ("quality-matrix", "movielens-results", "make-run-sample")
 README = REPO / "README.md"
@@ -180,7 +180,8 @@ def markdown(results: dict[str, dict]) -> str:
                   f"CF baseline ({v['best_cf']}) {marks[v['recall']['met']]}; not dominated "
                   f"{marks[v['not_dominated']['met']]}"
                   + (f" (by {', '.join(v['not_dominated']['by'])})" if v["not_dominated"]["by"] else "")
-                  + f"; TailRecall@20 {v['tail']['ratio']:.2f}x its {marks[v['tail']['met']]}; ColdRecall@20 vs ContentKNN "
+                  + f"; TailRecall@20 {times(v['tail']['ratio'], table['ltray']['TailRecall@20'])} "
+                  f"{marks[v['tail']['met']]}; ColdRecall@20 vs ContentKNN "
                   f"{marks[v['cold']['met']]}", "",
                   "| | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
         for row, m in table.items():

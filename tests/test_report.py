@@ -149,6 +149,10 @@ def test_the_verdict_comes_first_and_states_the_targets(tmp_path):
     assert verdict(worse)["not_dominated"]["by"] == ["ALS", "EASE"] and not verdict(worse)["recall"]["met"]
     text = sentence(v, table)
     assert "EASE" in text and "no baseline beats it" in text
+    # Against a CF baseline with no tail hit there is no ratio to state (not 1e9x).
+    zero = {**table, "EASE": {**table["EASE"], "TailRecall@20": 0.0}}
+    assert verdict(zero)["tail"] == {"met": True, "ratio": None}
+    assert "TailRecall@20 0.0200 against its 0;" in sentence(verdict(zero), zero)
     md_path, html_path = write_report(tmp_path, dataset_name="x", metrics_table=table, verdict=text,
                                       test_fraction=0.3, min_user_interactions=7, head_share=0.7)
     md, page = md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")

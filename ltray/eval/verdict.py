@@ -27,8 +27,8 @@ def verdict(table: dict[str, dict[str, float]], ours: str = "ltray") -> dict[str
     out: dict[str, Any] = {"best_cf": best_cf, "not_dominated": {"met": not dominated_by, "by": dominated_by}}
     if best_cf is not None:
         ref = cf[best_cf]
-        out["recall"] = {"met": me[r] >= RECALL_RATIO * ref[r], "ratio": me[r] / max(ref[r], 1e-12)}
-        out["tail"] = {"met": me[t] >= TAIL_RATIO * ref[t], "ratio": me[t] / max(ref[t], 1e-12)}
+        out["recall"] = {"met": me[r] >= RECALL_RATIO * ref[r], "ratio": _ratio(me[r], ref[r])}
+        out["tail"] = {"met": me[t] >= TAIL_RATIO * ref[t], "ratio": _ratio(me[t], ref[t])}
     has_cold = any(m.get(c, 0.0) > 0 for m in table.values())
     content = table.get("ContentKNN", {}).get(c, 0.0)
     out["cold"] = {"met": (me.get(c, 0.0) >= content) if has_cold and "ContentKNN" in table else None,
@@ -38,6 +38,16 @@ def verdict(table: dict[str, dict[str, float]], ours: str = "ltray") -> dict[str
     return out
 
 
+def _ratio(ours: float, ref: float) -> float | None:
+    """ours / ref; None where the reference is 0 (no ratio to state)."""
+    return ours / ref if ref > 0 else None
+
+
+def times(ratio: float | None, ours: float, digits: int = 2) -> str:
+    """A verdict's ratio as read: "1.56x its"; where the reference is 0 there is no ratio: "0.0028 against its 0"."""
+    return f"{ratio:.{digits}f}x its" if ratio is not None else f"{ours:.4f} against its 0"
+
+
 def sentence(v: dict[str, Any], table: dict[str, dict[str, float]], ours: str = "ltray") -> str:
     """The verdict as one plain sentence for a reader."""
     r, t = f"Recall@{K}", f"TailRecall@{K}"
@@ -45,9 +55,11 @@ def sentence(v: dict[str, Any], table: dict[str, dict[str, float]], ours: str = 
     parts = []
     if v.get("best_cf"):
         ref = table[v["best_cf"]]
-        parts.append(f"Recall@{K} {me[r]:.4f} is {v['recall']['ratio']:.2f}x the best tuned CF baseline "
-                     f"({v['best_cf']}, {ref[r]:.4f}); TailRecall@{K} {me[t]:.4f} is {v['tail']['ratio']:.1f}x its "
-                     f"{ref[t]:.4f}")
+        recall = v["recall"]["ratio"]
+        parts.append(f"Recall@{K} {me[r]:.4f} is " + (f"{recall:.2f}x" if recall is not None else "above")
+                     + f" the best tuned CF baseline ({v['best_cf']}, {ref[r]:.4f}); TailRecall@{K} "
+                     + (f"{me[t]:.4f} is {times(v['tail']['ratio'], me[t], 1)} {ref[t]:.4f}"
+                        if v["tail"]["ratio"] is not None else times(None, me[t])))
     parts.append("no baseline beats it on both recall and tail recall" if v["not_dominated"]["met"] else
                  f"{', '.join(v['not_dominated']['by'])} beat{'s' if len(v['not_dominated']['by']) == 1 else ''} "
                  "it on both recall and tail recall")
@@ -57,4 +69,4 @@ def sentence(v: dict[str, Any], table: dict[str, dict[str, float]], ours: str = 
     return "; ".join(parts) + "."
 
 
-__all__ = ["CF_BASELINES", "RECALL_RATIO", "TAIL_RATIO", "sentence", "verdict"]
+__all__ = ["CF_BASELINES", "RECALL_RATIO", "TAIL_RATIO", "sentence", "times", "verdict"]
