@@ -34,7 +34,7 @@ from ltray.rank.features import FeatureBuilder
 from ltray.rank.sampling import sample_training_table, time_validation_split
 from ltray.recommend import Recommender, feature_context
 from ltray.threads import single_threaded
-from ltray.validation import TUNE_K, held_out, ranker_halves, user_recall
+from ltray.validation import TUNE_K, held_out, paired_se, ranker_halves, user_recall
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def long_tail_value(point: dict[str, float], objective: str = "balanced", k: int
 
 def floor_gap_se(point: np.ndarray, cf: np.ndarray, max_loss: float) -> float:
     """Standard error of mean(point - (1 - max_loss) x cf), paired over the same users."""
-    d = point - (1.0 - max_loss) * cf
-    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return paired_se(point - (1.0 - max_loss) * cf)
 
 
 def most_accurate_weight(curve: list[dict[str, float]], k: int = TUNE_K) -> list[dict[str, float]]:

@@ -116,7 +116,7 @@ class ValidationSplit:
 
     def recall(self, lists: np.ndarray, k: int = TUNE_K) -> float:
         """Mean Recall@k of lists (one row per eval_rows entry) on the validation items."""
-        r = user_recall(lists, self.held, k)
+        r = self.user_recalls(lists, k)
         return float(r.mean()) if len(r) else 0.0
 
     def user_recalls(self, lists: np.ndarray, k: int = TUNE_K) -> np.ndarray:
@@ -147,6 +147,11 @@ def _timed(score: Callable[[dict[str, Any]], float], point: dict[str, Any], metr
     return s
 
 
+def paired_se(d: np.ndarray) -> float:
+    """Standard error of the mean of per-user differences `d` (0 for fewer than two users)."""
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
 def one_se_largest(name: str, values: list[float], score: Callable[[dict[str, Any]], np.ndarray],
                    metric: str = f"Recall@{TUNE_K}") -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
     """The one-standard-error rule for a penalty: every value is scored per user, and the largest value whose
@@ -163,8 +168,7 @@ def one_se_largest(name: str, values: list[float], score: Callable[[dict[str, An
 
     def within(v) -> bool:
         d = scores[best] - scores[v]
-        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-        return d.mean() <= se
+        return d.mean() <= paired_se(d)
 
     chosen = max(v for v in values if within(v))
     return {name: chosen}, float(scores[chosen].mean()), trials
@@ -203,4 +207,4 @@ def coordinate_search(grid: Mapping[str, list], start: dict[str, Any], score: Ca
 
 
 __all__ = ["TUNE_K", "ValidationSplit", "coordinate_search", "grid_points", "grid_search", "held_out", "one_se_largest",
-           "ranker_halves", "user_recall"]
+           "paired_se", "ranker_halves", "user_recall"]

@@ -319,7 +319,10 @@ class FeatureBuilder:
         cols = [item_text, user_text[inv], cos[:, None], als[:, None], als_z[:, None], recent_cos[:, None],
                 bridge[:, None], item_z[:, None], flags, log_pop[:, None],
                 seg, np.log1p(n)[inv][:, None], np.log1p(days)[inv][:, None]]
-        cols += [self._cluster_shares(c, hist, inv, item_idx, debias) for c in clusters]
+        if clusters:  # each user's history, flat, once for every partition
+            lengths = np.fromiter((len(h) for h in hist), np.int64, count=len(hist))
+            seen = np.concatenate(hist).astype(np.int64) if lengths.sum() else np.zeros(0, np.int64)
+            cols += [self._cluster_shares(c, lengths, seen, inv, item_idx, debias) for c in clusters]
         return np.concatenate([np.asarray(c, np.float64).reshape(len(item_idx), -1) for c in cols], axis=1)
 
     def _item_arrays(self, ctx: FeatureContext) -> tuple[np.ndarray, np.ndarray, list[_Clusters]]:
@@ -341,18 +344,17 @@ class FeatureBuilder:
             self._item_cache = c = (ctx, self.pca_components, text, norm, clusters)
         return c[2], c[3], c[4]
 
-    def _cluster_shares(self, c: _Clusters, hist: list[np.ndarray], inv: np.ndarray, item_idx: np.ndarray,
-                        debias: bool) -> np.ndarray:
+    def _cluster_shares(self, c: _Clusters, lengths: np.ndarray, seen: np.ndarray, inv: np.ndarray,
+                        item_idx: np.ndarray, debias: bool) -> np.ndarray:
         """log P(item's cluster | user) and log P(item | its cluster), both smoothed: a topic model's two factors.
 
         The user's share counts their history in the item's cluster plus `cluster_smoothing` pseudo-
         interactions spread by the clusters' popularity; the item's share is its interactions (plus one)
         over its cluster's (plus its size). With `debias`, the item's share is its cluster's average.
+        `lengths` and `seen` are the users' histories: their sizes and their items end to end.
         """
-        lengths = np.fromiter((len(h) for h in hist), np.int64, count=len(hist))
-        rows = np.repeat(np.arange(len(hist)), lengths)
-        cols = c.label[np.concatenate(hist).astype(np.int64)] if lengths.sum() else np.zeros(0, np.int64)
-        counts = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(hist), c.k))
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        counts = sp.csr_matrix((np.ones(len(rows)), (rows, c.label[seen])), shape=(len(lengths), c.k))
         item_cluster = c.label[item_idx]
         in_cluster = np.asarray(counts[inv, item_cluster]).reshape(-1) if len(item_idx) else np.zeros(0)
         a = self.cluster_smoothing
