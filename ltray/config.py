@@ -250,13 +250,13 @@ class BlendConfig(_Section):
         "validation")
     max_user_share: float = Field(0.5, gt=0, le=1, description="affinity: most of one list that the tail and "
                                   "cold quotas together may take")
-    cold_order: Literal["content_bridge", "content", "profile", "score"] = Field(
-        "content_bridge", description="which cold items fill the cold quota: the closest in text to any of the "
-        "user's interests (content: the best match of the profile and each recent item, as the tail search), the "
-        "closest to the user's profile alone (profile: better where items differ by topic only), content and the "
-        "text->CF bridge's score (the user's ALS factor against the item's factors predicted from its text) "
-        "added as z-scores over the user's cold candidates (content_bridge: two views of a cold item), or the "
-        "best final score (score; the ranker never sees a cold positive)")
+    cold_order: Literal["content_profile_bridge", "content_bridge", "content", "profile", "score"] = Field(
+        "content_profile_bridge", description="which cold items fill the cold quota: by one view of a cold item, "
+        "or by several added as z-scores over the user's cold candidates. The views: content (the text search's "
+        "score: the best match of the profile and each recent item), profile (the cosine to the user's profile "
+        "alone: better where items differ by topic only) and bridge (the user's ALS factor against the item's "
+        "factors predicted from its text). content_profile_bridge adds all three, content_bridge two; score "
+        "takes the best final score (the ranker never sees a cold positive)")
 
 
 class ServeConfig(_Section):

@@ -226,9 +226,11 @@ class Recommender:
 
     def cold_score(self, state: UserState | None, cands: CandidateTable) -> np.ndarray | None:
         """What fills the cold quota (blend.cold_order), scored on cold rows (NaN elsewhere) or None for the
-        final score. content_bridge adds two views of a cold item, each as a z-score over the user's cold
-        candidates: the text search's score (the best match of the profile and the recent items) and the
-        text->CF bridge's (the user's ALS factor against the factors predicted from the item's text)."""
+        final score. One view orders by its own score; several (content_bridge, content_profile_bridge) add
+        each view as a z-score over the user's cold candidates, so no view's scale dominates. The views of a
+        cold item: content (the text search's score: the best match of the profile and the recent items),
+        profile (the cosine to the user's profile alone) and bridge (the user's ALS factor against the
+        factors predicted from the item's text)."""
         order = self.cfg.blend.cold_order
         if order == "content":
             return np.asarray(cands["tail_score"])
@@ -241,14 +243,21 @@ class Recommender:
             return score
         if order == "profile":
             if np.any(state.profile):
-                score[cold] = self.models.item_vectors[idx[cold]] @ np.asarray(state.profile, np.float32)
+                score[cold] = self._cold_view("profile", state, cands, idx[cold], cold)
             return score
+        score[cold] = sum(_zscore(self._cold_view(v, state, cands, idx[cold], cold)) for v in order.split("_"))
+        return score
+
+    def _cold_view(self, view: str, state: UserState, cands: CandidateTable, items: np.ndarray, cold: np.ndarray
+                   ) -> np.ndarray:
+        """One view's score of the user's cold candidates `items` (rows `cold` of `cands`)."""
+        if view == "profile":
+            return self.models.item_vectors[items].astype(np.float64) @ np.asarray(state.profile, np.float64)
+        if view == "bridge":
+            return self.models.item_bridge[items].astype(np.float64) @ np.asarray(state.factor, np.float64)
         content = np.asarray(cands["tail_score"], np.float64)[cold]
         found = np.isfinite(content)  # a cold item another source brought ranks last in the text search
-        content = np.where(found, content, content[found].min() if found.any() else 0.0)
-        bridge = self.models.item_bridge[idx[cold]].astype(np.float64) @ np.asarray(state.factor, np.float64)
-        score[cold] = _zscore(content) + _zscore(bridge)
-        return score
+        return np.where(found, content, content[found].min() if found.any() else 0.0)
 
     def recommend_rows(self, user_ids, k: int, settings: Sequence[BlendSetting] = (BlendSetting(),)
                        ) -> dict[BlendSetting, np.ndarray]:

@@ -161,7 +161,7 @@ def test_cold_orders_fill_the_cold_quota_alike_in_batch_and_single_requests(synt
     rec.cold_share, rec.quota_by = 0.2, "uniform"  # 4 cold slots in every list of 20
     users = rec.models.user_ids[:40]
     seg, lists = rec.models.item_segment, {}
-    for order in ("content", "profile", "content_bridge"):
+    for order in ("content", "profile", "content_bridge", "content_profile_bridge"):
         rec.cfg = rec.cfg.model_copy(update={"blend": rec.cfg.blend.model_copy(update={"cold_order": order})})
         lists[order] = rec.recommend_rows(users, 20)[BlendSetting()]
         for r, u in enumerate(users):
@@ -175,6 +175,7 @@ def test_cold_orders_fill_the_cold_quota_alike_in_batch_and_single_requests(synt
         assert set(nearest) <= set(lists["profile"][r]), u  # more cold items may win on score
     assert (lists["content"] != lists["profile"]).any(axis=1).sum() > 0
     assert (lists["content"] != lists["content_bridge"]).any(axis=1).sum() > 0
+    assert (lists["content_bridge"] != lists["content_profile_bridge"]).any(axis=1).sum() > 0
 
 
 def test_serve_stages_fill_the_cold_quota_as_the_recommender_does(synthetic_run):
@@ -191,7 +192,7 @@ def test_serve_stages_fill_the_cold_quota_as_the_recommender_does(synthetic_run)
     stages = Artifacts(str(art))
     recall, retrieval, rank = RecallStage(stages), RetrievalStage(stages), RankStage(stages)
     rec = load_recommender(art)
-    assert rec.cfg.blend.cold_order == rank.rec.cfg.blend.cold_order == "content_bridge"
+    assert rec.cfg.blend.cold_order == rank.rec.cfg.blend.cold_order == "content_profile_bridge"
     for r in (rec, rank.rec):
         r.cold_share, r.quota_by = 0.2, "uniform"  # 4 cold slots in every list of 20
     users = [str(u) for u in rec.models.user_ids[:30]]

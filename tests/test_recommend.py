@@ -331,3 +331,32 @@ def test_content_bridge_cold_order_adds_the_text_and_the_bridge_views():
     no_factor = rec.cold_score(state([0, 0]), cands)
     np.testing.assert_allclose(no_factor[1:], z(np.array([0.9, 0.1, 0.1])), rtol=1e-5)
     assert np.isnan(rec.cold_score(None, cands)).all()
+
+
+def test_content_profile_bridge_cold_order_adds_the_profile_view():
+    """content_profile_bridge: content_bridge's two z-scores plus a third, the cosine to the user's profile,
+    over the user's cold candidates; the profile's favourite then beats an item only the bridge likes."""
+    from types import SimpleNamespace
+
+    from ltray.recommend import Recommender
+    from ltray.user_state import UserState
+
+    rec = Recommender.__new__(Recommender)
+    rec.models = SimpleNamespace(
+        item_vectors=np.array([[1, 0], [0, 1], [0.6, 0.8], [1, 0]], np.float32),
+        item_segment=np.array([1, 2, 2, 2], np.int8),
+        item_bridge=np.array([[9, 0], [0, 0], [1, 0], [3, 0]], np.float32))
+    cands = {"item_idx": np.array([0, 1, 2, 3]), "tail_score": np.array([0.5, 0.9, 0.1, np.nan], np.float32)}
+    state = UserState(np.array([1, 0], np.float32), np.array([0, 1], np.float32), np.zeros(0, np.int64),
+                      np.zeros(0, np.int64))
+    scores = {}
+    for order in ("content_bridge", "content_profile_bridge"):
+        rec.cfg = SimpleNamespace(blend=SimpleNamespace(cold_order=order))
+        scores[order] = rec.cold_score(state, cands)
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    profile = np.array([1.0, 0.8, 0.0])  # items 1-3 against the profile (0, 1)
+    got = scores["content_profile_bridge"]
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], scores["content_bridge"][1:] + z(profile), rtol=1e-5)
+    # Two views against one: the profile's and the text's favourite (item 1) now leads the bridge's (item 3).
+    assert np.argmax(scores["content_bridge"][1:]) == 2 and np.argmax(got[1:]) == 0
