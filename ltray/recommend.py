@@ -255,6 +255,8 @@ class Recommender:
             return self.models.item_vectors[items].astype(np.float64) @ np.asarray(state.profile, np.float64)
         if view == "bridge":
             return self.models.item_bridge[items].astype(np.float64) @ np.asarray(state.factor, np.float64)
+        if view != "content":
+            raise ValueError(f"unknown cold view {view!r} (blend.cold_order names content, profile and bridge)")
         content = np.asarray(cands["tail_score"], np.float64)[cold]
         found = np.isfinite(content)  # a cold item another source brought ranks last in the text search
         return np.where(found, content, content[found].min() if found.any() else 0.0)
