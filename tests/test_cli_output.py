@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,11 @@ os.write(2, b"after\\n")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    text = log.read_text(encoding="utf-8")
+    # fd 2 reaches the file through the tee process, which may still be copying once the run has ended
+    # (the run never waits for it): read until its line is there or the deadline passes.
+    deadline = time.monotonic() + 60
+    while "from C++" not in (text := log.read_text(encoding="utf-8")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "from C++" in text and "ray python line" in text and "ray data line" in text
     assert "ltray line" in r.stderr and "ltray warning" in r.stderr and "after" in r.stderr
     assert "from C++" not in r.stderr and "ray python line" not in r.stderr
